@@ -1,0 +1,130 @@
+//! The one error type the proxy itself answers with, rendered as OpenAI's error JSON so the
+//! official SDKs map it to their exception classes (401 -> AuthenticationError, ...).
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// Missing, malformed or wrong bearer token: one answer for all, no hint which.
+    Unauthorized,
+    NotFound,
+    /// A request path that could leave the configured upstream base path.
+    BadPath,
+    BadRequest(&'static str),
+    UpstreamUnreachable(String),
+    UpstreamTimeout(String),
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: &'a str,
+}
+
+impl ApiError {
+    fn parts(&self) -> (&str, &'static str, &'static str) {
+        match self {
+            ApiError::Unauthorized => (
+                "Incorrect or missing API key for this proxy. Send `Authorization: Bearer <service token>`.",
+                "invalid_request_error",
+                "invalid_api_key",
+            ),
+            ApiError::NotFound => (
+                "Unknown path. This proxy forwards /v1/<endpoint> to the OpenAI API.",
+                "invalid_request_error",
+                "not_found",
+            ),
+            ApiError::BadPath => (
+                "The request path contains empty, dot or encoded-slash segments, which this proxy refuses.",
+                "invalid_request_error",
+                "invalid_path",
+            ),
+            ApiError::BadRequest(m) => (m, "invalid_request_error", "bad_request"),
+            ApiError::UpstreamUnreachable(m) => (m, "server_error", "upstream_unreachable"),
+            ApiError::UpstreamTimeout(m) => (m, "server_error", "upstream_timeout"),
+            ApiError::Internal(m) => (m, "server_error", "internal_error"),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (message, _, code) = self.parts();
+        write!(f, "{code}: {message}")
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::BadPath | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (message, kind, code) = self.parts();
+        let mut res = HttpResponse::build(self.status_code());
+        if *self == ApiError::Unauthorized {
+            res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        res.json(Body {
+            error: Detail {
+                message,
+                kind,
+                param: None,
+                code,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::to_bytes;
+
+    async fn render(e: ApiError) -> (StatusCode, serde_json::Value) {
+        let res = e.error_response();
+        let status = res.status();
+        let body = to_bytes(res.into_body()).await.unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[actix_web::test]
+    async fn renders_openai_shape() {
+        let (status, json) = render(ApiError::UpstreamTimeout("slow".into())).await;
+        assert_eq!(status, 504);
+        assert_eq!(json["error"]["message"], "slow");
+        assert_eq!(json["error"]["type"], "server_error");
+        assert_eq!(json["error"]["code"], "upstream_timeout");
+        assert!(json["error"]["param"].is_null());
+    }
+
+    #[actix_web::test]
+    async fn unauthorized_carries_challenge() {
+        let res = ApiError::Unauthorized.error_response();
+        assert_eq!(res.status(), 401);
+        assert_eq!(
+            res.headers().get(header::WWW_AUTHENTICATE).unwrap(),
+            "Bearer"
+        );
+        let (_, json) = render(ApiError::Unauthorized).await;
+        assert_eq!(json["error"]["code"], "invalid_api_key");
+    }
+}

@@ -1,0 +1,9 @@
+//! openai-auth-proxy: an authenticating, fully streaming reverse proxy for the OpenAI API.
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod config;
+pub mod error;
+pub mod proxy;
+pub mod server;
+pub mod tls;

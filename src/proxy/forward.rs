@@ -1,0 +1,234 @@
+//! The forwarding handler: maps the target, rebuilds the request for the upstream, and hands
+//! the upstream's response body back to actix as a stream, chunk for chunk.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_http::encoding::Decoder;
+use actix_web::body::{BodyStream, SizedStream};
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode, Version};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use awc::error::{ConnectError, SendRequestError};
+
+use super::encoding::{decode_for_client, worth_compressing};
+use super::headers::{copy_request_headers, copy_response_headers};
+use super::upstream_url::upstream_uri;
+use crate::config::UpstreamSettings;
+use crate::error::ApiError;
+
+static OPENAI_ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
+static OPENAI_PROJECT: HeaderName = HeaderName::from_static("openai-project");
+static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
+/// What every worker's forwarder shares: built once, `Send + Sync`.
+pub struct UpstreamPlan {
+    base: String,
+    authorization: HeaderValue,
+    organization: Option<HeaderValue>,
+    project: Option<HeaderValue>,
+    tls: Arc<rustls::ClientConfig>,
+    settings: UpstreamSettings,
+}
+
+impl UpstreamPlan {
+    pub fn new(settings: &UpstreamSettings) -> Result<Self, String> {
+        let mut authorization =
+            HeaderValue::try_from(format!("Bearer {}", settings.api_key.expose()))
+                .map_err(|_| "OPENAI_API_KEY is not a valid header value".to_owned())?;
+        // Keeps the key out of HPACK tables and `Debug` output.
+        authorization.set_sensitive(true);
+        let header = |v: &Option<String>| {
+            v.as_deref()
+                .map(HeaderValue::try_from)
+                .transpose()
+                .map_err(|_| "upstream.organization/project is not a valid header value".to_owned())
+        };
+        Ok(Self {
+            base: settings.base_url.as_str().trim_end_matches('/').to_owned(),
+            authorization,
+            organization: header(&settings.organization)?,
+            project: header(&settings.project)?,
+            tls: Arc::new(upstream_tls_config()),
+            settings: settings.clone(),
+        })
+    }
+}
+
+fn upstream_tls_config() -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(actix_tls::connect::rustls_0_23::webpki_roots_cert_store())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config
+}
+
+/// One per worker: `awc::Client` is `!Send`, and a pool per worker needs no locking.
+pub struct Forwarder {
+    plan: Arc<UpstreamPlan>,
+    client: awc::Client,
+}
+
+impl Forwarder {
+    pub fn new(plan: Arc<UpstreamPlan>) -> Self {
+        let s = &plan.settings;
+        let connector = awc::Connector::new()
+            .rustls_0_23(Arc::clone(&plan.tls))
+            .timeout(s.connect_timeout)
+            .handshake_timeout(s.connect_timeout)
+            .limit(s.max_in_flight_per_worker)
+            .conn_keep_alive(s.pool_idle)
+            .conn_lifetime(s.pool_max_lifetime);
+        let client = awc::Client::builder()
+            .connector(connector)
+            // awc's 5 s default would kill slow completions; this covers until the head.
+            .timeout(s.first_byte_timeout)
+            .disable_redirects()
+            .no_default_headers()
+            .finish();
+        Self { plan, client }
+    }
+}
+
+/// How the client's body travels upstream.
+enum RequestBody {
+    /// The client declared a length: keep it (some endpoints want it) and still stream.
+    Sized(u64),
+    /// Chunked, or HTTP/2 without a declared length.
+    Streamed,
+    None,
+}
+
+impl RequestBody {
+    fn of(req: &HttpRequest) -> Result<Self, ApiError> {
+        let headers = req.headers();
+        if let Some(len) = headers.get(header::CONTENT_LENGTH) {
+            return len
+                .to_str()
+                .ok()
+                .and_then(|l| l.parse().ok())
+                .map(RequestBody::Sized)
+                .ok_or(ApiError::BadRequest("Invalid Content-Length header."));
+        }
+        let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+        let h2_with_body = req.version() == Version::HTTP_2
+            && !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+        Ok(if chunked || h2_with_body {
+            RequestBody::Streamed
+        } else {
+            RequestBody::None
+        })
+    }
+}
+
+pub async fn forward(
+    req: HttpRequest,
+    payload: web::Payload,
+    forwarder: web::Data<Forwarder>,
+) -> Result<HttpResponse, ApiError> {
+    let plan = &forwarder.plan;
+    let uri = upstream_uri(&plan.base, req.path(), req.uri().query())?;
+
+    let mut upstream = forwarder
+        .client
+        .request(req.method().clone(), uri)
+        .no_decompress();
+    let headers = upstream.headers_mut();
+    copy_request_headers(req.headers(), headers);
+    headers.insert(header::AUTHORIZATION, plan.authorization.clone());
+    if let Some(org) = &plan.organization {
+        headers.insert(OPENAI_ORGANIZATION.clone(), org.clone());
+    }
+    if let Some(project) = &plan.project {
+        headers.insert(OPENAI_PROJECT.clone(), project.clone());
+    }
+
+    let sent = match RequestBody::of(&req)? {
+        RequestBody::Sized(len) => upstream.send_body(SizedStream::new(len, payload)),
+        RequestBody::Streamed => upstream.send_body(BodyStream::new(payload)),
+        RequestBody::None => upstream.send(),
+    };
+    // Dropping this future (the client hung up, and `h1_allow_half_closed(false)` noticed)
+    // drops the upstream connection: an abandoned completion stops costing money.
+    let response = sent.await.map_err(|e| {
+        let err = map_send_error(e, plan.settings.first_byte_timeout);
+        log::warn!("{} {}: {err}", req.method(), req.path());
+        err
+    })?;
+    Ok(relay(&req, response))
+}
+
+/// Turns the upstream response into ours: status and filtered headers as they are, the body
+/// passed on as a stream (sized when the upstream gave a length).
+fn relay(
+    req: &HttpRequest,
+    mut upstream: awc::ClientResponse<Decoder<actix_http::Payload>>,
+) -> HttpResponse {
+    let status = upstream.status();
+    let upstream_headers = upstream.headers();
+    let decode = decode_for_client(req.headers(), upstream_headers);
+    let length = upstream_headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let no_body = *req.method() == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+
+    let mut builder = HttpResponse::build(status);
+    let payload = upstream.take_payload();
+    let mut response = match (no_body, decode, length) {
+        (true, _, Some(len)) => builder.no_chunking(len).finish(),
+        (true, _, None) => builder.finish(),
+        (false, Some(coding), _) => builder.body(BodyStream::new(Decoder::new(payload, coding))),
+        (false, None, Some(len)) => builder.body(SizedStream::new(len, payload)),
+        (false, None, None) => builder.body(BodyStream::new(payload)),
+    };
+
+    let headers = response.headers_mut();
+    copy_response_headers(upstream.headers(), headers);
+    if decode.is_some() {
+        headers.remove(header::CONTENT_ENCODING);
+    }
+    mark_streaming_and_compression(headers);
+    response
+}
+
+fn mark_streaming_and_compression(headers: &mut HeaderMap) {
+    let event_stream = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+    if event_stream {
+        // An nginx in front would otherwise buffer the stream until it closes.
+        headers.insert(X_ACCEL_BUFFERING.clone(), HeaderValue::from_static("no"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    if !headers.contains_key(header::CONTENT_ENCODING) && !worth_compressing(headers) {
+        // `Compress` leaves bodies that already declare a coding alone.
+        headers.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
+}
+
+fn map_send_error(err: SendRequestError, first_byte_timeout: Duration) -> ApiError {
+    match err {
+        SendRequestError::Timeout => ApiError::UpstreamTimeout(format!(
+            "The upstream did not start answering within {} s.",
+            first_byte_timeout.as_secs()
+        )),
+        SendRequestError::Connect(ConnectError::Timeout) => {
+            ApiError::UpstreamTimeout("Connecting to the upstream timed out.".to_owned())
+        }
+        SendRequestError::Connect(e) => {
+            ApiError::UpstreamUnreachable(format!("Cannot connect to the upstream: {e}."))
+        }
+        other => ApiError::UpstreamUnreachable(format!("The upstream request failed: {other}.")),
+    }
+}

@@ -1,0 +1,6 @@
+//! The forwarding path: `/v1/<tail>` to the configured upstream, streaming both ways.
+
+pub mod encoding;
+pub mod forward;
+pub mod headers;
+pub mod upstream_url;

@@ -1,0 +1,124 @@
+//! The HTTP server: workers, middleware order, routes, and signal-driven graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix_web::dev::ServerHandle;
+use actix_web::middleware::{Compress, Logger};
+use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web_httpauth::middleware::HttpAuthentication;
+
+use crate::access::guard::{self, TokenCheck};
+use crate::config::Settings;
+use crate::error::ApiError;
+use crate::proxy::forward::{Forwarder, UpstreamPlan, forward};
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body("ok")
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound)
+}
+
+/// Runs the server until it has shut down. Returns an error line for startup failures.
+pub fn run(settings: Settings) -> Result<(), String> {
+    let plan = Arc::new(UpstreamPlan::new(&settings.upstream)?);
+    let token = web::Data::new(TokenCheck::new(&settings.service_token));
+    let log_format = settings.access_log_format.clone();
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(crate::tls::server_config)
+        .transpose()?;
+    let s = &settings.server;
+
+    actix_web::rt::System::new().block_on(async move {
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(token.clone())
+                .app_data(web::Data::new(Forwarder::new(Arc::clone(&plan))))
+                // Registered last = outermost: the access line sees the encoded size and the
+                // whole life of a stream.
+                .wrap(Compress::default())
+                .wrap(Logger::new(&log_format))
+                .route("/healthz", web::get().to(healthz))
+                // Before the scope, so a bare /v1 is a 404 and never reaches the guard.
+                .service(web::resource(["/v1", "/v1/"]).to(not_found))
+                .service(
+                    web::scope("/v1")
+                        .wrap(HttpAuthentication::with_fn(guard::validate))
+                        .default_service(web::to(forward)),
+                )
+                .default_service(web::to(not_found))
+        })
+        .workers(s.workers)
+        .max_connections(s.max_connections_per_worker)
+        .keep_alive(s.keep_alive)
+        .client_request_timeout(s.client_request_timeout)
+        .client_disconnect_timeout(s.client_disconnect_timeout)
+        // A client that hangs up while waiting must cancel the upstream call.
+        .h1_allow_half_closed(false)
+        .shutdown_timeout(s.shutdown_grace.as_secs())
+        .disable_signals();
+
+        let addr = SocketAddr::new(s.bind_addr, s.port);
+        let server = match tls {
+            None => server.bind(addr),
+            Some(config) => server.bind_rustls_0_23(addr, config),
+        }
+        .map_err(|e| format!("cannot listen on {addr} (BIND_ADDR/BIND_PORT): {e}"))?;
+        for addr in server.addrs() {
+            log::info!("listening on {}", url_of(addr, settings.tls.is_some()));
+        }
+        log::info!(
+            "forwarding /v1/* to {} with {} workers",
+            settings.upstream.base_url,
+            s.workers
+        );
+        let server = server.run();
+        actix_web::rt::spawn(shutdown_on_signals(
+            server.handle(),
+            s.shutdown_grace.as_secs(),
+        ));
+        server
+            .await
+            .map_err(|e| format!("server stopped with an error: {e}"))?;
+        log::info!("shut down cleanly");
+        Ok(())
+    })
+}
+
+fn url_of(addr: SocketAddr, tls: bool) -> String {
+    format!("{}://{addr}", if tls { "https" } else { "http" })
+}
+
+/// SIGTERM or SIGINT: stop accepting and drain in-flight requests and streams for up to the
+/// grace period (actix-server's own handler would treat SIGINT as a hard stop). A second
+/// SIGINT exits at once, for an operator at a terminal who does not want to wait.
+async fn shutdown_on_signals(handle: ServerHandle, grace_secs: u64) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        log::error!("cannot install signal handlers; stop the proxy with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    log::info!(
+        "{name} received: no new connections; draining in-flight requests for up to {grace_secs} s (SIGINT again to exit now)"
+    );
+    tokio::select! {
+        _ = handle.stop(true) => {}
+        _ = int.recv() => {
+            log::warn!("second SIGINT: exiting without waiting for in-flight requests");
+            std::process::exit(130);
+        }
+    }
+}
