@@ -400,6 +400,12 @@ fn validate_log_format(format: String) -> Result<String, ConfigError> {
             "must not log an Authorization header (it carries the client token)",
         ));
     }
+    if format.contains("%r") {
+        return Err(ConfigError::new(
+            "log.access_format",
+            "must not use %r: the query string may carry secrets; use \"%{method}xi %U\"",
+        ));
+    }
     Ok(format)
 }
 
@@ -521,6 +527,10 @@ mod tests {
             (("TLS_KEY_PATH", "/tmp/k.pem"), "TLS_CERT_PATH"),
             (
                 ("PROXY__LOG__ACCESS_FORMAT", "%{Authorization}i"),
+                "log.access_format",
+            ),
+            (
+                ("PROXY__LOG__ACCESS_FORMAT", "%a %r %s"),
                 "log.access_format",
             ),
             (

@@ -43,7 +43,10 @@ pub fn run(settings: Settings) -> Result<(), String> {
                 // Registered last = outermost: the access line sees the encoded size and the
                 // whole life of a stream.
                 .wrap(Compress::default())
-                .wrap(Logger::new(&log_format))
+                .wrap(
+                    Logger::new(&log_format)
+                        .custom_request_replace("method", |req| req.method().to_string()),
+                )
                 .route("/healthz", web::get().to(healthz))
                 // Before the scope, so a bare /v1 is a 404 and never reaches the guard.
                 .service(web::resource(["/v1", "/v1/"]).to(not_found))
