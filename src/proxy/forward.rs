@@ -9,10 +9,12 @@ use actix_web::body::{BodyStream, SizedStream};
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode, Version};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
-use awc::error::{ConnectError, SendRequestError};
+use awc::error::{ConnectError, PayloadError, SendRequestError};
+use futures_util::{StreamExt, future};
 
 use super::encoding::{decode_for_client, worth_compressing};
 use super::headers::{copy_request_headers, copy_response_headers};
+use super::strict_eof::{StrictEofConnector, is_upstream_eof};
 use super::upstream_url::upstream_uri;
 use crate::config::UpstreamSettings;
 use crate::error::ApiError;
@@ -76,6 +78,7 @@ impl Forwarder {
     pub fn new(plan: Arc<UpstreamPlan>) -> Self {
         let s = &plan.settings;
         let connector = awc::Connector::new()
+            .connector(StrictEofConnector::new())
             .rustls_0_23(Arc::clone(&plan.tls))
             .timeout(s.connect_timeout)
             .handshake_timeout(s.connect_timeout)
@@ -179,8 +182,16 @@ fn relay(
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
 
+    // awc reads a body to EOF only for HTTP/1.0 responses without a length.
+    let eof_delimited = length.is_none() && upstream.version() == Version::HTTP_10;
+
     let mut builder = HttpResponse::build(status);
-    let payload = upstream.take_payload();
+    let payload = upstream.take_payload().take_while(move |item| {
+        // EOF ends only a body framed by EOF; anywhere else it stays an error (strict_eof.rs).
+        let clean_end = eof_delimited
+            && matches!(item, Err(PayloadError::Io(e) | PayloadError::Incomplete(Some(e))) if is_upstream_eof(e));
+        future::ready(!clean_end)
+    });
     let mut response = match (no_body, decode, length) {
         (true, _, Some(len)) => builder.no_chunking(len).finish(),
         (true, _, None) => builder.finish(),

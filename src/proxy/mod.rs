@@ -3,4 +3,5 @@
 pub mod encoding;
 pub mod forward;
 pub mod headers;
+pub mod strict_eof;
 pub mod upstream_url;
