@@ -78,7 +78,7 @@ impl Forwarder {
     pub fn new(plan: Arc<UpstreamPlan>) -> Self {
         let s = &plan.settings;
         let connector = awc::Connector::new()
-            .connector(StrictEofConnector::new())
+            .connector(StrictEofConnector::default())
             .rustls_0_23(Arc::clone(&plan.tls))
             .timeout(s.connect_timeout)
             .handshake_timeout(s.connect_timeout)

@@ -107,8 +107,8 @@ pub struct StrictEofConnector {
     tcp: ConnectorService,
 }
 
-impl StrictEofConnector {
-    pub fn new() -> Self {
+impl Default for StrictEofConnector {
+    fn default() -> Self {
         Self {
             tcp: actix_tls::connect::Connector::default().service(),
         }
