@@ -128,7 +128,8 @@ impl Mock {
 
 impl Drop for Mock {
     fn drop(&mut self) {
-        let _ = self.handle.stop(false);
+        // The command is sent at once; the future only waits for completion.
+        drop(self.handle.stop(false));
     }
 }
 
