@@ -7,6 +7,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::middleware::{Compress, Logger};
 use actix_web::{App, HttpResponse, HttpServer, web};
 use actix_web_httpauth::middleware::HttpAuthentication;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::access::guard::{self, TokenCheck};
 use crate::config::Settings;
@@ -36,6 +37,9 @@ pub fn run(settings: Settings) -> Result<(), String> {
     let s = &settings.server;
 
     actix_web::rt::System::new().block_on(async move {
+        // Installed before anything announces readiness, so an early signal is never lost
+        // to the default action (which would kill the process mid-request).
+        let signals = ShutdownSignals::install()?;
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(token.clone())
@@ -82,10 +86,7 @@ pub fn run(settings: Settings) -> Result<(), String> {
             s.workers
         );
         let server = server.run();
-        actix_web::rt::spawn(shutdown_on_signals(
-            server.handle(),
-            s.shutdown_grace.as_secs(),
-        ));
+        actix_web::rt::spawn(signals.drive(server.handle(), s.shutdown_grace.as_secs()));
         server
             .await
             .map_err(|e| format!("server stopped with an error: {e}"))?;
@@ -98,30 +99,38 @@ fn url_of(addr: SocketAddr, tls: bool) -> String {
     format!("{}://{addr}", if tls { "https" } else { "http" })
 }
 
-/// SIGTERM or SIGINT: stop accepting and drain in-flight requests and streams for up to the
-/// grace period (actix-server's own handler would treat SIGINT as a hard stop). A second
-/// SIGINT exits at once, for an operator at a terminal who does not want to wait.
-async fn shutdown_on_signals(handle: ServerHandle, grace_secs: u64) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        log::error!("cannot install signal handlers; stop the proxy with SIGKILL");
-        return;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    log::info!(
-        "{name} received: no new connections; draining in-flight requests for up to {grace_secs} s (SIGINT again to exit now)"
-    );
-    tokio::select! {
-        _ = handle.stop(true) => {}
-        _ = int.recv() => {
-            log::warn!("second SIGINT: exiting without waiting for in-flight requests");
-            std::process::exit(130);
+struct ShutdownSignals {
+    term: Signal,
+    int: Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> Result<Self, String> {
+        let install =
+            |kind| signal(kind).map_err(|e| format!("cannot install signal handlers: {e}"));
+        Ok(Self {
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+        })
+    }
+
+    /// SIGTERM or SIGINT: stop accepting and drain in-flight requests and streams for up to
+    /// the grace period (actix-server's own handler would treat SIGINT as a hard stop). A
+    /// second SIGINT exits at once, for an operator at a terminal who does not want to wait.
+    async fn drive(mut self, handle: ServerHandle, grace_secs: u64) {
+        let name = tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        };
+        log::info!(
+            "{name} received: no new connections; draining in-flight requests for up to {grace_secs} s (SIGINT again to exit now)"
+        );
+        tokio::select! {
+            _ = handle.stop(true) => {}
+            _ = self.int.recv() => {
+                log::warn!("second SIGINT: exiting without waiting for in-flight requests");
+                std::process::exit(130);
+            }
         }
     }
 }
