@@ -51,7 +51,11 @@ pub fn run(settings: Settings) -> Result<(), String> {
                     Logger::new(&log_format)
                         .custom_request_replace("method", |req| req.method().to_string()),
                 )
-                .route("/healthz", web::get().to(healthz))
+                .service(
+                    web::resource("/healthz")
+                        .route(web::get().to(healthz))
+                        .route(web::head().to(healthz)),
+                )
                 // Before the scope, so a bare /v1 is a 404 and never reaches the guard.
                 .service(web::resource(["/v1", "/v1/"]).to(not_found))
                 .service(

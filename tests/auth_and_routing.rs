@@ -87,6 +87,14 @@ fn healthz_and_unknown_paths() {
     let res = get(&proxy, "/healthz", &[]);
     assert_eq!(status_of(&res), 200);
     assert_eq!(body_of(&res), "ok");
+    let res = raw_http(
+        proxy.addr,
+        &format!(
+            "HEAD /healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            proxy.addr
+        ),
+    );
+    assert_eq!(status_of(&res), 200, "{res}");
     let auth = format!("Authorization: {}", bearer());
     for path in [
         "/",
@@ -224,4 +232,25 @@ fn path_escapes_never_leave_the_configured_upstream() {
     assert_eq!(seen.path, "/v1/echo/abs");
     assert_eq!(seen.query, "q=1");
     assert_eq!(seen.header("host"), Some(mock.addr.to_string().as_str()));
+}
+
+#[test]
+fn head_requests_keep_the_upstream_length_without_a_body() {
+    let mock = Mock::start();
+    let proxy = Proxy::start(&mock.base(), &[]);
+    let res = raw_http(
+        proxy.addr,
+        &format!(
+            "HEAD /v1/download?bytes=12345 HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+            bearer()
+        ),
+    );
+    assert_eq!(status_of(&res), 200, "{res}");
+    assert!(
+        res.to_ascii_lowercase()
+            .contains("content-length: 12345\r\n"),
+        "{res}"
+    );
+    assert_eq!(body_of(&res), "");
+    assert_eq!(mock.state.last_request().method, "HEAD");
 }

@@ -193,7 +193,8 @@ fn relay(
         future::ready(!clean_end)
     });
     let mut response = match (no_body, decode, length) {
-        (true, _, Some(len)) => builder.no_chunking(len).finish(),
+        // actix writes a HEAD response's length from the body size and never its bytes.
+        (true, _, Some(len)) => builder.body(SizedStream::new(len, payload)),
         (true, _, None) => builder.finish(),
         (false, Some(coding), _) => builder.body(BodyStream::new(Decoder::new(payload, coding))),
         (false, None, Some(len)) => builder.body(SizedStream::new(len, payload)),
