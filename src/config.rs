@@ -26,6 +26,7 @@ const PLAIN_NAMES: &[(&str, &str)] = &[
     ("BIND_PORT", "server.port"),
     ("TLS_CERT_PATH", "tls.cert_path"),
     ("TLS_KEY_PATH", "tls.key_path"),
+    ("TLS_CLIENT_CA_PATH", "tls.client_ca_path"),
 ];
 
 const MIN_TOKEN_LEN: usize = 16;
@@ -116,6 +117,10 @@ pub struct UpstreamSettings {
 pub struct TlsPaths {
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
+    /// With it, clients must present a certificate signed by one of these CAs (mTLS).
+    pub client_ca_path: Option<PathBuf>,
+    /// How often the certificate files are checked for changes; `None`: SIGHUP only.
+    pub reload_poll: Option<Duration>,
 }
 
 // Raw shapes as deserialized from the layers; every field is checked in `validate`.
@@ -175,6 +180,9 @@ struct RawLog {
 struct RawTls {
     cert_path: Option<String>,
     key_path: Option<String>,
+    client_ca_path: Option<String>,
+    #[serde(default)]
+    reload_poll_secs: u64,
 }
 
 /// The process environment merged over the `.env` file in `dir` (the process wins, as with
@@ -373,13 +381,26 @@ fn validate_base_url(raw: &str) -> Result<Url, ConfigError> {
 }
 
 fn validate_tls(raw: RawTls) -> Result<Option<TlsPaths>, ConfigError> {
-    let cert = raw.cert_path.filter(|p| !p.trim().is_empty());
-    let key = raw.key_path.filter(|p| !p.trim().is_empty());
+    let set = |v: Option<String>| v.filter(|p| !p.trim().is_empty());
+    let (cert, key, client_ca) = (
+        set(raw.cert_path),
+        set(raw.key_path),
+        set(raw.client_ca_path),
+    );
     match (cert, key) {
-        (None, None) => Ok(None),
+        (None, None) => match client_ca {
+            Some(_) => Err(ConfigError::new(
+                "TLS_CLIENT_CA_PATH",
+                "needs HTTPS: set TLS_CERT_PATH and TLS_KEY_PATH too",
+            )),
+            None => Ok(None),
+        },
         (Some(cert), Some(key)) => Ok(Some(TlsPaths {
             cert_path: cert.into(),
             key_path: key.into(),
+            client_ca_path: client_ca.map(PathBuf::from),
+            reload_poll: (raw.reload_poll_secs > 0)
+                .then(|| Duration::from_secs(raw.reload_poll_secs)),
         })),
         (Some(_), None) => Err(ConfigError::new(
             "TLS_KEY_PATH",
@@ -525,6 +546,7 @@ mod tests {
             (("BIND_ADDR", "localhost:1"), "BIND_ADDR"),
             (("TLS_CERT_PATH", "/tmp/c.pem"), "TLS_KEY_PATH"),
             (("TLS_KEY_PATH", "/tmp/k.pem"), "TLS_CERT_PATH"),
+            (("TLS_CLIENT_CA_PATH", "/tmp/ca.pem"), "TLS_CLIENT_CA_PATH"),
             (
                 ("PROXY__LOG__ACCESS_FORMAT", "%{Authorization}i"),
                 "log.access_format",

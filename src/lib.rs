@@ -5,5 +5,6 @@ pub mod access;
 pub mod config;
 pub mod error;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod tls;

@@ -13,6 +13,8 @@ use crate::access::guard::{self, TokenCheck};
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::proxy::forward::{Forwarder, UpstreamPlan, forward};
+use crate::reload::Reloader;
+use crate::tls::{SwappableCert, load_certified_key, server_config};
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok()
@@ -29,17 +31,25 @@ pub fn run(settings: Settings) -> Result<(), String> {
     let plan = Arc::new(UpstreamPlan::new(&settings.upstream)?);
     let token = web::Data::new(TokenCheck::new(&settings.service_token));
     let log_format = settings.access_log_format.clone();
-    let tls = settings
-        .tls
-        .as_ref()
-        .map(crate::tls::server_config)
-        .transpose()?;
+    let tls = match &settings.tls {
+        None => None,
+        Some(paths) => {
+            let cert = Arc::new(SwappableCert::new(load_certified_key(paths)?));
+            Some((server_config(paths, Arc::clone(&cert))?, cert))
+        }
+    };
     let s = &settings.server;
 
     actix_web::rt::System::new().block_on(async move {
         // Installed before anything announces readiness, so an early signal is never lost
         // to the default action (which would kill the process mid-request).
         let signals = ShutdownSignals::install()?;
+        let reloader = Reloader::install(
+            settings
+                .tls
+                .as_ref()
+                .zip(tls.as_ref().map(|(_, cert)| Arc::clone(cert))),
+        )?;
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(token.clone())
@@ -78,7 +88,7 @@ pub fn run(settings: Settings) -> Result<(), String> {
         let addr = SocketAddr::new(s.bind_addr, s.port);
         let server = match tls {
             None => server.bind(addr),
-            Some(config) => server.bind_rustls_0_23(addr, config),
+            Some((config, _)) => server.bind_rustls_0_23(addr, config),
         }
         .map_err(|e| format!("cannot listen on {addr} (BIND_ADDR/BIND_PORT): {e}"))?;
         for addr in server.addrs() {
@@ -90,6 +100,7 @@ pub fn run(settings: Settings) -> Result<(), String> {
             s.workers
         );
         let server = server.run();
+        actix_web::rt::spawn(reloader.run());
         actix_web::rt::spawn(signals.drive(server.handle(), s.shutdown_grace.as_secs()));
         server
             .await

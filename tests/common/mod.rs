@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod mock;
+pub mod pki;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -90,12 +91,18 @@ impl Proxy {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let _ = tx.send(rest.trim().to_owned());
+                {
+                    let mut logs = sink.lock().unwrap();
+                    logs.push_str(&line);
+                    logs.push('\n');
                 }
-                let mut logs = sink.lock().unwrap();
-                logs.push_str(&line);
-                logs.push('\n');
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest
+                        .trim()
+                        .trim_start_matches("http://")
+                        .trim_start_matches("https://");
+                    let _ = tx.send(addr.to_owned());
+                }
             }
         });
         let addr = match rx.recv_timeout(Duration::from_secs(20)) {
