@@ -131,7 +131,8 @@ fn sigterm_drains_in_flight_streams_then_exits_zero() {
     let text = String::from_utf8_lossy(&rest);
     assert!(
         text.contains("data: {\"index\":9}"),
-        "stream cut short: {text}"
+        "stream cut short: {text}\n{}",
+        proxy.logs()
     );
     assert!(
         text.ends_with("0\r\n\r\n"),
@@ -177,4 +178,21 @@ fn second_sigint_exits_at_once() {
         .wait_exit(Duration::from_secs(5))
         .expect("second SIGINT did not stop the proxy");
     assert!(!status.success());
+}
+
+#[test]
+fn idle_keep_alive_connections_do_not_hold_the_drain() {
+    let mock = Mock::start();
+    let mut proxy = Proxy::start(&mock.base(), &[]);
+    let mut idle = TcpStream::connect(proxy.addr).unwrap();
+    std::io::Write::write_all(&mut idle, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 512];
+    let n = idle.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("200 OK"));
+    // The connection stays open (keep-alive 75 s) while the proxy is told to stop.
+    proxy.signal("TERM");
+    let status = proxy
+        .wait_exit(Duration::from_secs(5))
+        .expect("an idle keep-alive connection held the shutdown");
+    assert!(status.success());
 }
