@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat};
+
+use crate::access::AccessPolicy;
+use crate::access::clients::{Client, ClientRegistry, RawClient};
+use crate::access::ip::Cidr;
 use serde::Deserialize;
 use url::Url;
 
@@ -27,7 +31,12 @@ const PLAIN_NAMES: &[(&str, &str)] = &[
     ("TLS_CERT_PATH", "tls.cert_path"),
     ("TLS_KEY_PATH", "tls.key_path"),
     ("TLS_CLIENT_CA_PATH", "tls.client_ca_path"),
+    ("OPENAI_ADMIN_KEY", "upstream.admin_key"),
+    ("CLIENTS_FILE", "access.clients_file"),
 ];
+
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: &[&str] = &["access.allowed_ips", "access.trusted_proxies"];
 
 const MIN_TOKEN_LEN: usize = 16;
 
@@ -78,9 +87,12 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// The validated settings the server runs with.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Settings {
-    pub service_token: Secret,
+    pub access: AccessPolicy,
+    /// Settings files whose change triggers a reload of the access policy.
+    pub watched_files: Vec<PathBuf>,
+    pub access_reload_poll: Option<Duration>,
     pub server: ServerSettings,
     pub upstream: UpstreamSettings,
     pub access_log_format: String,
@@ -104,6 +116,8 @@ pub struct UpstreamSettings {
     /// Without a trailing slash, e.g. `https://api.openai.com/v1`.
     pub base_url: Url,
     pub api_key: Secret,
+    /// Sent instead of `api_key` on `/v1/organization/**`, for admin clients only.
+    pub admin_key: Option<Secret>,
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub max_in_flight_per_worker: usize,
@@ -129,6 +143,9 @@ pub struct TlsPaths {
 struct Raw {
     #[serde(default)]
     auth: RawAuth,
+    access: RawAccess,
+    #[serde(default)]
+    clients: Vec<RawClient>,
     server: RawServer,
     upstream: RawUpstream,
     log: RawLog,
@@ -140,6 +157,26 @@ struct Raw {
 #[serde(deny_unknown_fields)]
 struct RawAuth {
     service_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    #[serde(default)]
+    allowed_ips: Vec<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    max_inspect_body_bytes: u64,
+    clients_file: Option<String>,
+    reload_poll_secs: u64,
+}
+
+/// The shape of a `CLIENTS_FILE`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientsFile {
+    #[serde(default)]
+    clients: Vec<RawClient>,
 }
 
 #[derive(Deserialize)]
@@ -160,6 +197,7 @@ struct RawServer {
 struct RawUpstream {
     base_url: String,
     api_key: Option<String>,
+    admin_key: Option<String>,
     connect_timeout_secs: u64,
     first_byte_timeout_secs: u64,
     max_in_flight_per_worker: u64,
@@ -207,6 +245,7 @@ pub fn environment_with_dotenv(dir: &Path) -> Result<HashMap<String, String>, Co
 
 /// Loads and validates the layered settings. `dir` is where `config/` and `.env` are looked up.
 pub fn load(env: &HashMap<String, String>, dir: &Path) -> Result<Settings, ConfigError> {
+    let mut watched = vec![dir.join(".env"), dir.join("config").join("local.toml")];
     let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
     if let Some(app_env) = env.get("APP_ENV").filter(|v| !v.is_empty()) {
         if !app_env
@@ -218,41 +257,82 @@ pub fn load(env: &HashMap<String, String>, dir: &Path) -> Result<Settings, Confi
                 "must be a plain name such as `production`",
             ));
         }
-        builder = builder.add_source(
-            File::from(dir.join("config").join(format!("{app_env}.toml"))).required(false),
-        );
+        let path = dir.join("config").join(format!("{app_env}.toml"));
+        watched.push(path.clone());
+        builder = builder.add_source(File::from(path).required(false));
     }
     builder = builder
         .add_source(File::from(dir.join("config").join("local.toml")).required(false))
         // No `try_parsing`: secrets stay strings exactly as written (`0123` is not `123`).
-        .add_source(
-            Environment::with_prefix(ENV_PREFIX)
+        .add_source({
+            let mut source = Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("__")
                 .separator("__")
-                .source(Some(env.clone().into_iter().collect())),
-        );
+                .list_separator(",")
+                .source(Some(env.clone().into_iter().collect()));
+            for key in LIST_KEYS {
+                source = source.with_list_parse_key(key);
+            }
+            source
+        });
     for (name, key) in PLAIN_NAMES {
         let value = env.get(*name).filter(|v| !v.is_empty()).cloned();
         builder = builder
             .set_override_option(*key, value)
             .map_err(|e| ConfigError::new(*name, e.to_string()))?;
     }
-    let raw: Raw = builder
+    let mut raw: Raw = builder
         .build()
         .and_then(|c| c.try_deserialize())
         .map_err(|e| ConfigError::new("(layered config)", e.to_string()))?;
-    validate(raw)
+    if let Some(file) = raw
+        .access
+        .clients_file
+        .clone()
+        .filter(|f| !f.trim().is_empty())
+    {
+        let path = dir.join(file.trim());
+        let extra: RawClientsFile = Config::builder()
+            .add_source(File::from(path.clone()).format(FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::new("CLIENTS_FILE", format!("{}: {e}", path.display())))?;
+        raw.clients.extend(extra.clients);
+        watched.push(path);
+    }
+    let mut settings = validate(raw)?;
+    settings.watched_files = watched;
+    Ok(settings)
 }
 
 fn validate(raw: Raw) -> Result<Settings, ConfigError> {
-    let service_token = validate_token(raw.auth.service_token)?;
+    let service_token = raw
+        .auth
+        .service_token
+        .filter(|t| !t.is_empty())
+        .map(|t| validate_token(Some(t)))
+        .transpose()?;
     let api_key = required_secret(raw.upstream.api_key, "OPENAI_API_KEY")?;
-    if api_key == service_token {
+    let admin_key = raw
+        .upstream
+        .admin_key
+        .filter(|k| !k.is_empty())
+        .map(|k| required_secret(Some(k), "OPENAI_ADMIN_KEY"))
+        .transpose()?;
+    if service_token.as_ref() == Some(&api_key)
+        || service_token.is_some() && service_token == admin_key
+    {
         return Err(ConfigError::new(
             "SERVICE_TOKEN",
-            "must differ from OPENAI_API_KEY (clients would be holding the upstream key)",
+            "must differ from OPENAI_API_KEY and OPENAI_ADMIN_KEY (clients would hold an upstream key)",
         ));
     }
+    let access = validate_access(
+        raw.access,
+        raw.clients,
+        service_token.as_ref(),
+        admin_key.is_some(),
+    )?;
     let base_url = validate_base_url(&raw.upstream.base_url)?;
     let tls = validate_tls(raw.tls)?;
     let bind_addr = raw.server.bind_addr.trim().parse().map_err(|_| {
@@ -299,6 +379,7 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
     let upstream = UpstreamSettings {
         base_url,
         api_key,
+        admin_key,
         connect_timeout: secs(
             raw.upstream.connect_timeout_secs,
             "upstream.connect_timeout_secs",
@@ -317,12 +398,53 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
         project: header_value_setting(raw.upstream.project, "upstream.project")?,
     };
     Ok(Settings {
-        service_token,
+        access_reload_poll: (access.1 > 0).then(|| Duration::from_secs(access.1)),
+        access: access.0,
+        watched_files: Vec::new(),
         server,
         upstream,
         access_log_format: validate_log_format(raw.log.access_format)?,
         tls,
     })
+}
+
+fn validate_access(
+    raw: RawAccess,
+    clients: Vec<RawClient>,
+    service_token: Option<&Secret>,
+    admin_key_set: bool,
+) -> Result<(AccessPolicy, u64), ConfigError> {
+    let cidrs = |list: Vec<String>, name: &str| {
+        list.iter()
+            .filter(|c| !c.trim().is_empty())
+            .map(|c| c.parse::<Cidr>().map_err(|e| ConfigError::new(name, e)))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let mut built = Vec::new();
+    if let Some(token) = service_token {
+        built.push(Client::default_for_token(token.expose()));
+    }
+    for raw_client in clients {
+        built.push(Client::from_raw(raw_client).map_err(|e| ConfigError::new("clients", e))?);
+    }
+    if built.is_empty() {
+        return Err(ConfigError::new(
+            "SERVICE_TOKEN",
+            "is not set and no [[clients]] are configured; the proxy never runs without client authentication",
+        ));
+    }
+    let clients = ClientRegistry::new(built).map_err(|e| ConfigError::new("clients", e))?;
+    let policy = AccessPolicy {
+        clients,
+        allowed_ips: cidrs(raw.allowed_ips, "access.allowed_ips")?,
+        trusted_proxies: cidrs(raw.trusted_proxies, "access.trusted_proxies")?,
+        max_inspect_body_bytes: positive(
+            raw.max_inspect_body_bytes,
+            "access.max_inspect_body_bytes",
+        )? as usize,
+        admin_paths_restricted: admin_key_set,
+    };
+    Ok((policy, raw.reload_poll_secs))
 }
 
 fn required_secret(value: Option<String>, name: &str) -> Result<Secret, ConfigError> {
@@ -515,7 +637,7 @@ mod tests {
             Path::new("/nonexistent"),
         )
         .unwrap();
-        assert_eq!(s.service_token.expose(), "0123456789012345678");
+        assert!(s.access.clients.lookup("0123456789012345678").is_some());
         assert_eq!(s.upstream.api_key.expose(), "0042");
         let debug = format!("{s:?}");
         assert!(!debug.contains("0123456789012345678"));

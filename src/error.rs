@@ -13,6 +13,9 @@ pub enum ApiError {
     /// A request path that could leave the configured upstream base path.
     BadPath,
     BadRequest(&'static str),
+    /// Authenticated, but outside the client's scopes: (code, message).
+    Forbidden(&'static str, String),
+    PayloadTooLarge(String),
     UpstreamUnreachable(String),
     UpstreamTimeout(String),
     Internal(String),
@@ -51,6 +54,8 @@ impl ApiError {
                 "invalid_path",
             ),
             ApiError::BadRequest(m) => (m, "invalid_request_error", "bad_request"),
+            ApiError::Forbidden(code, m) => (m, "invalid_request_error", code),
+            ApiError::PayloadTooLarge(m) => (m, "invalid_request_error", "request_too_large"),
             ApiError::UpstreamUnreachable(m) => (m, "server_error", "upstream_unreachable"),
             ApiError::UpstreamTimeout(m) => (m, "server_error", "upstream_timeout"),
             ApiError::Internal(m) => (m, "server_error", "internal_error"),
@@ -71,6 +76,8 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::BadPath | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden(..) => StatusCode::FORBIDDEN,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -20,7 +20,7 @@ fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(e) => return fail(&e.to_string()),
     };
-    match server::run(settings) {
+    match server::run(settings, cwd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

@@ -1,13 +1,16 @@
-//! Reloading without a restart: SIGHUP, and polling of watched files. Today that is the TLS
-//! certificate; open connections keep what they have, new handshakes see the new state.
+//! Reloading without a restart, on SIGHUP and when watched files change: the access policy
+//! (clients, allow-lists) and the TLS certificate. Requests and connections already under way
+//! keep what they started with; new ones see the new state. Whatever fails to load leaves the
+//! previous state in force, with one error line.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use crate::config::TlsPaths;
+use crate::access::SharedPolicy;
+use crate::config::{self, TlsPaths};
 use crate::tls::{SwappableCert, load_certified_key};
 
 /// What a file looked like last time: enough to notice a rewrite or a swapped symlink (as
@@ -59,14 +62,81 @@ impl CertReload {
     }
 }
 
+/// The access policy, rebuilt from the same layers as at startup.
+pub struct PolicyReload {
+    dir: PathBuf,
+    policy: SharedPolicy,
+    files: Vec<PathBuf>,
+    seen: Fingerprint,
+    poll: Option<Duration>,
+}
+
+impl PolicyReload {
+    pub fn new(
+        dir: PathBuf,
+        policy: SharedPolicy,
+        files: Vec<PathBuf>,
+        poll: Option<Duration>,
+    ) -> Self {
+        let seen = fingerprint(&files.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+        Self {
+            dir,
+            policy,
+            files,
+            seen,
+            poll,
+        }
+    }
+
+    fn changed(&self) -> bool {
+        fingerprint(&self.files.iter().map(PathBuf::as_path).collect::<Vec<_>>()) != self.seen
+    }
+
+    fn reload(&mut self, why: &str) {
+        self.seen = fingerprint(&self.files.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+        let loaded = config::environment_with_dotenv(&self.dir)
+            .and_then(|env| config::load(&env, &self.dir));
+        let settings = match loaded {
+            Ok(settings) => settings,
+            Err(e) => {
+                log::error!(
+                    "configuration not reloaded ({why}), the previous access policy stays in force: {e}"
+                );
+                return;
+            }
+        };
+        let (added, removed, changed) = settings.access.clients.diff(&self.policy.load().clients);
+        self.files = settings.watched_files;
+        self.seen = fingerprint(&self.files.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+        self.policy.store(std::sync::Arc::new(settings.access));
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_owned()
+            } else {
+                v.join(",")
+            }
+        };
+        log::info!(
+            "access policy reloaded ({why}): clients added={} removed={} changed={}",
+            list(&added),
+            list(&removed),
+            list(&changed)
+        );
+    }
+}
+
 pub struct Reloader {
     hangup: Signal,
     cert: Option<CertReload>,
+    policy: PolicyReload,
 }
 
 impl Reloader {
     /// Installs the SIGHUP handler at once: SIGHUP's default action would end the process.
-    pub fn install(tls: Option<(&TlsPaths, Arc<SwappableCert>)>) -> Result<Self, String> {
+    pub fn install(
+        tls: Option<(&TlsPaths, Arc<SwappableCert>)>,
+        policy: PolicyReload,
+    ) -> Result<Self, String> {
         let hangup = signal(SignalKind::hangup())
             .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
         let cert = tls.map(|(paths, cert)| {
@@ -78,25 +148,43 @@ impl Reloader {
             reload.seen = fingerprint(&reload.files());
             reload
         });
-        Ok(Self { hangup, cert })
+        Ok(Self {
+            hangup,
+            cert,
+            policy,
+        })
     }
 
     pub async fn run(mut self) {
-        let poll = self.cert.as_ref().and_then(|c| c.paths.reload_poll);
-        let mut ticker = actix_web::rt::time::interval(poll.unwrap_or(Duration::from_secs(3600)));
-        ticker.tick().await;
+        let cert_poll = self.cert.as_ref().and_then(|c| c.paths.reload_poll);
+        let policy_poll = self.policy.poll;
+        let mut cert_ticker = ticker(cert_poll).await;
+        let mut policy_ticker = ticker(policy_poll).await;
         loop {
             tokio::select! {
-                _ = self.hangup.recv() => match &mut self.cert {
-                    Some(cert) => cert.reload("SIGHUP"),
-                    None => log::info!("SIGHUP received: nothing to reload"),
-                },
-                _ = ticker.tick(), if poll.is_some() => {
+                _ = self.hangup.recv() => {
+                    self.policy.reload("SIGHUP");
+                    if let Some(cert) = &mut self.cert {
+                        cert.reload("SIGHUP");
+                    }
+                }
+                _ = cert_ticker.tick(), if cert_poll.is_some() => {
                     if let Some(cert) = self.cert.as_mut().filter(|c| c.changed()) {
                         cert.reload("files changed");
+                    }
+                }
+                _ = policy_ticker.tick(), if policy_poll.is_some() => {
+                    if self.policy.changed() {
+                        self.policy.reload("settings files changed");
                     }
                 }
             }
         }
     }
+}
+
+async fn ticker(every: Option<Duration>) -> actix_web::rt::time::Interval {
+    let mut ticker = actix_web::rt::time::interval(every.unwrap_or(Duration::from_secs(3600)));
+    ticker.tick().await;
+    ticker
 }

@@ -9,12 +9,15 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use actix_web_httpauth::middleware::HttpAuthentication;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use crate::access::guard::{self, TokenCheck};
+use crate::access::guard;
+use crate::access::{Caller, SharedPolicy};
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::proxy::forward::{Forwarder, UpstreamPlan, forward};
-use crate::reload::Reloader;
+use crate::reload::{PolicyReload, Reloader};
 use crate::tls::{SwappableCert, load_certified_key, server_config};
+use actix_web::HttpMessage;
+use arc_swap::ArcSwap;
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok()
@@ -27,9 +30,10 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 }
 
 /// Runs the server until it has shut down. Returns an error line for startup failures.
-pub fn run(settings: Settings) -> Result<(), String> {
+pub fn run(settings: Settings, dir: std::path::PathBuf) -> Result<(), String> {
     let plan = Arc::new(UpstreamPlan::new(&settings.upstream)?);
-    let token = web::Data::new(TokenCheck::new(&settings.service_token));
+    let policy: SharedPolicy = Arc::new(ArcSwap::from_pointee(settings.access));
+    let policy_data = web::Data::new(Arc::clone(&policy));
     let log_format = settings.access_log_format.clone();
     let tls = match &settings.tls {
         None => None,
@@ -49,17 +53,29 @@ pub fn run(settings: Settings) -> Result<(), String> {
                 .tls
                 .as_ref()
                 .zip(tls.as_ref().map(|(_, cert)| Arc::clone(cert))),
+            PolicyReload::new(
+                dir,
+                Arc::clone(&policy),
+                settings.watched_files.clone(),
+                settings.access_reload_poll,
+            ),
         )?;
         let server = HttpServer::new(move || {
             App::new()
-                .app_data(token.clone())
+                .app_data(policy_data.clone())
                 .app_data(web::Data::new(Forwarder::new(Arc::clone(&plan))))
                 // Registered last = outermost: the access line sees the encoded size and the
                 // whole life of a stream.
                 .wrap(Compress::default())
                 .wrap(
                     Logger::new(&log_format)
-                        .custom_request_replace("method", |req| req.method().to_string()),
+                        .custom_request_replace("method", |req| req.method().to_string())
+                        .custom_response_replace("client", |res| {
+                            res.request()
+                                .extensions()
+                                .get::<Caller>()
+                                .map_or_else(|| "-".to_owned(), |c| c.client.name.clone())
+                        }),
                 )
                 .service(
                     web::resource("/healthz")

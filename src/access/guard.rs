@@ -1,66 +1,73 @@
-//! The bearer guard: actix-web-httpauth extracts the token, we compare it in constant time.
+//! The bearer guard on `/v1`: address allow-lists, token lookup, validity window, path and
+//! admin scopes. Model scopes need the body and are checked by the forwarder.
 
 use actix_web::dev::ServiceRequest;
-use actix_web::{Error, web};
+use actix_web::{Error, HttpMessage, web};
 use actix_web_httpauth::extractors::bearer::BearerAuth;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
 
-use crate::config::Secret;
+use super::ip::{any_contains, client_ip};
+use super::{ADMIN_PREFIX, Caller, SharedPolicy};
 use crate::error::ApiError;
 
-/// The accepted token, kept only as its SHA-256 digest. Comparing digests in constant time
-/// also hides the token's length from a timing observer.
-#[derive(Clone)]
-pub struct TokenCheck {
-    digest: [u8; 32],
-}
-
-impl TokenCheck {
-    pub fn new(token: &Secret) -> Self {
-        Self {
-            digest: Sha256::digest(token.expose().as_bytes()).into(),
-        }
-    }
-
-    pub fn accepts(&self, presented: &str) -> bool {
-        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        presented.ct_eq(&self.digest).into()
-    }
-}
-
 /// Validator for `HttpAuthentication::with_fn`. Taking `Option<BearerAuth>` means a missing or
-/// malformed header reaches us too, so every failure gets the same JSON 401.
+/// malformed header reaches us too, so every authentication failure gets the same JSON 401:
+/// unknown, expired, not-yet-valid and disabled tokens are indistinguishable.
 pub async fn validate(
     req: ServiceRequest,
     credentials: Option<BearerAuth>,
 ) -> Result<ServiceRequest, (Error, ServiceRequest)> {
-    let accepted = match (credentials, req.app_data::<web::Data<TokenCheck>>()) {
-        (Some(credentials), Some(check)) => check.accepts(credentials.token()),
-        // No check registered would be a wiring bug: fail closed.
-        _ => false,
-    };
-    if accepted {
-        Ok(req)
-    } else {
-        Err((ApiError::Unauthorized.into(), req))
+    match check(&req, credentials) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            Ok(req)
+        }
+        Err(e) => Err((e.into(), req)),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accepts_only_the_exact_token() {
-        let check = TokenCheck::new(&secret("correct-horse-battery"));
-        assert!(check.accepts("correct-horse-battery"));
-        assert!(!check.accepts("correct-horse-batter"));
-        assert!(!check.accepts("correct-horse-battery "));
-        assert!(!check.accepts(""));
+fn check(req: &ServiceRequest, credentials: Option<BearerAuth>) -> Result<Caller, ApiError> {
+    // No policy registered would be a wiring bug: fail closed.
+    let shared = req
+        .app_data::<web::Data<SharedPolicy>>()
+        .ok_or(ApiError::Unauthorized)?;
+    let policy = shared.load();
+    let peer = req
+        .peer_addr()
+        .map(|a| a.ip())
+        .ok_or(ApiError::Unauthorized)?;
+    let ip = client_ip(peer, req.headers(), &policy.trusted_proxies);
+    if !policy.allowed_ips.is_empty() && !any_contains(&policy.allowed_ips, ip) {
+        return Err(ApiError::Forbidden(
+            "ip_not_allowed",
+            format!("Requests from {ip} are not allowed."),
+        ));
     }
-
-    fn secret(s: &str) -> Secret {
-        crate::config::Secret::for_tests(s)
+    let client = credentials
+        .and_then(|c| policy.clients.lookup(c.token()).cloned())
+        .filter(|c| c.usable_at(OffsetDateTime::now_utc()))
+        .ok_or(ApiError::Unauthorized)?;
+    if !client.ip_allowed(ip) {
+        return Err(ApiError::Forbidden(
+            "ip_not_allowed",
+            format!("Client {} may not call from {ip}.", client.name),
+        ));
     }
+    let path = req.path();
+    if !client.path_allowed(path) {
+        return Err(ApiError::Forbidden(
+            "path_not_allowed",
+            format!("Client {} may not use {path}.", client.name),
+        ));
+    }
+    if policy.admin_paths_restricted && path.starts_with(ADMIN_PREFIX) && !client.admin {
+        return Err(ApiError::Forbidden(
+            "admin_not_allowed",
+            format!(
+                "Client {} may not use the organization admin API.",
+                client.name
+            ),
+        ));
+    }
+    Ok(Caller { client, ip })
 }

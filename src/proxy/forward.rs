@@ -1,6 +1,7 @@
 //! The forwarding handler: maps the target, rebuilds the request for the upstream, and hands
 //! the upstream's response body back to actix as a stream, chunk for chunk.
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,11 @@ use super::encoding::{decode_for_client, worth_compressing};
 use super::headers::{copy_request_headers, copy_response_headers};
 use super::strict_eof::{StrictEofConnector, is_upstream_eof};
 use super::upstream_url::upstream_uri;
-use crate::config::UpstreamSettings;
+use crate::access::model_scope::{
+    BodyShape, MultipartModelCheck, Refusal, body_shape, json_model, read_json,
+};
+use crate::access::{ADMIN_PREFIX, AccessPolicy, Caller, SharedPolicy};
+use crate::config::{Secret, UpstreamSettings};
 use crate::error::ApiError;
 
 static OPENAI_ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
@@ -27,6 +32,7 @@ static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-bufferin
 pub struct UpstreamPlan {
     base: String,
     authorization: HeaderValue,
+    admin_authorization: Option<HeaderValue>,
     organization: Option<HeaderValue>,
     project: Option<HeaderValue>,
     tls: Arc<rustls::ClientConfig>,
@@ -35,11 +41,19 @@ pub struct UpstreamPlan {
 
 impl UpstreamPlan {
     pub fn new(settings: &UpstreamSettings) -> Result<Self, String> {
-        let mut authorization =
-            HeaderValue::try_from(format!("Bearer {}", settings.api_key.expose()))
-                .map_err(|_| "OPENAI_API_KEY is not a valid header value".to_owned())?;
-        // Keeps the key out of HPACK tables and `Debug` output.
-        authorization.set_sensitive(true);
+        let bearer = |key: &Secret, name: &str| {
+            let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose()))
+                .map_err(|_| format!("{name} is not a valid header value"))?;
+            // Keeps the key out of HPACK tables and `Debug` output.
+            value.set_sensitive(true);
+            Ok::<_, String>(value)
+        };
+        let authorization = bearer(&settings.api_key, "OPENAI_API_KEY")?;
+        let admin_authorization = settings
+            .admin_key
+            .as_ref()
+            .map(|k| bearer(k, "OPENAI_ADMIN_KEY"))
+            .transpose()?;
         let header = |v: &Option<String>| {
             v.as_deref()
                 .map(HeaderValue::try_from)
@@ -49,6 +63,7 @@ impl UpstreamPlan {
         Ok(Self {
             base: settings.base_url.as_str().trim_end_matches('/').to_owned(),
             authorization,
+            admin_authorization,
             organization: header(&settings.organization)?,
             project: header(&settings.project)?,
             tls: Arc::new(upstream_tls_config()),
@@ -127,13 +142,50 @@ impl RequestBody {
     }
 }
 
+/// How the body must be looked at before (or while) it goes upstream.
+enum Inspection {
+    None,
+    Json(Arc<crate::access::clients::Client>, usize),
+    Multipart(Arc<crate::access::clients::Client>, String, Refusal),
+}
+
+impl Inspection {
+    /// Only clients with a model scope, and only bodies that can name a model, are inspected;
+    /// everyone else takes the zero-copy path.
+    fn of(req: &HttpRequest, body: &RequestBody, policy: &AccessPolicy) -> Self {
+        let caller = req.extensions().get::<Caller>().cloned();
+        let Some(client) = caller.map(|c| c.client).filter(|c| c.has_model_scope()) else {
+            return Inspection::None;
+        };
+        if matches!(body, RequestBody::None) {
+            return Inspection::None;
+        }
+        match body_shape(req.headers()) {
+            BodyShape::Json => Inspection::Json(client, policy.max_inspect_body_bytes),
+            BodyShape::Multipart(boundary) => {
+                Inspection::Multipart(client, boundary, Refusal::default())
+            }
+            BodyShape::Other => Inspection::None,
+        }
+    }
+}
+
+fn model_refused(model: &str) -> ApiError {
+    ApiError::Forbidden(
+        "model_not_allowed",
+        format!("This client may not use the model `{model}`."),
+    )
+}
+
 pub async fn forward(
     req: HttpRequest,
-    payload: web::Payload,
+    mut payload: web::Payload,
     forwarder: web::Data<Forwarder>,
+    policy: web::Data<SharedPolicy>,
 ) -> Result<HttpResponse, ApiError> {
     let plan = &forwarder.plan;
-    let uri = upstream_uri(&plan.base, req.path(), req.uri().query())?;
+    let path = req.path();
+    let uri = upstream_uri(&plan.base, path, req.uri().query())?;
 
     let mut upstream = forwarder
         .client
@@ -141,7 +193,12 @@ pub async fn forward(
         .no_decompress();
     let headers = upstream.headers_mut();
     copy_request_headers(req.headers(), headers);
-    headers.insert(header::AUTHORIZATION, plan.authorization.clone());
+    // The guard let only admin clients through to the admin API when an admin key is set.
+    let authorization = match &plan.admin_authorization {
+        Some(admin) if path.starts_with(ADMIN_PREFIX) => admin,
+        _ => &plan.authorization,
+    };
+    headers.insert(header::AUTHORIZATION, authorization.clone());
     if let Some(org) = &plan.organization {
         headers.insert(OPENAI_ORGANIZATION.clone(), org.clone());
     }
@@ -149,14 +206,41 @@ pub async fn forward(
         headers.insert(OPENAI_PROJECT.clone(), project.clone());
     }
 
-    let sent = match RequestBody::of(&req)? {
-        RequestBody::Sized(len) => upstream.send_body(SizedStream::new(len, payload)),
-        RequestBody::Streamed => upstream.send_body(BodyStream::new(payload)),
-        RequestBody::None => upstream.send(),
+    let body = RequestBody::of(&req)?;
+    let inspection = Inspection::of(&req, &body, &policy.load());
+    let mut refusal = None;
+    let sent = match (inspection, body) {
+        (Inspection::Json(client, limit), body) => {
+            let declared = match body {
+                RequestBody::Sized(len) => Some(len),
+                _ => None,
+            };
+            let json = read_json(&mut payload, declared, limit).await?;
+            if let Some(model) = json_model(&json).filter(|m| !client.model_allowed(m)) {
+                return Err(model_refused(&model));
+            }
+            upstream.send_body(json)
+        }
+        (Inspection::Multipart(client, boundary, refused), body) => {
+            refusal = Some(Rc::clone(&refused));
+            let checked = MultipartModelCheck::new(payload, &boundary, client, refused);
+            match body {
+                RequestBody::Sized(len) => upstream.send_body(SizedStream::new(len, checked)),
+                _ => upstream.send_body(BodyStream::new(checked)),
+            }
+        }
+        (Inspection::None, RequestBody::Sized(len)) => {
+            upstream.send_body(SizedStream::new(len, payload))
+        }
+        (Inspection::None, RequestBody::Streamed) => upstream.send_body(BodyStream::new(payload)),
+        (Inspection::None, RequestBody::None) => upstream.send(),
     };
     // Dropping this future (the client hung up, and `h1_allow_half_closed(false)` noticed)
     // drops the upstream connection: an abandoned completion stops costing money.
     let response = sent.await.map_err(|e| {
+        if let Some(model) = refusal.as_ref().and_then(|r| r.borrow_mut().take()) {
+            return model_refused(&model);
+        }
         let err = map_send_error(e, plan.settings.first_byte_timeout);
         log::warn!("{} {}: {err}", req.method(), req.path());
         err
