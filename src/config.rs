@@ -35,9 +35,6 @@ const PLAIN_NAMES: &[(&str, &str)] = &[
     ("CLIENTS_FILE", "access.clients_file"),
 ];
 
-/// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["access.allowed_ips", "access.trusted_proxies"];
-
 const MIN_TOKEN_LEN: usize = 16;
 
 /// A secret whose `Debug` and `Display` never show the value, so it cannot leak through a log
@@ -163,12 +160,36 @@ struct RawAuth {
 #[serde(deny_unknown_fields)]
 struct RawAccess {
     #[serde(default)]
-    allowed_ips: Vec<String>,
+    allowed_ips: ListSetting,
     #[serde(default)]
-    trusted_proxies: Vec<String>,
+    trusted_proxies: ListSetting,
     max_inspect_body_bytes: u64,
     clients_file: Option<String>,
     reload_poll_secs: u64,
+}
+
+/// A list from a file, or a comma-separated string from the environment. (The config crate
+/// splits environment lists only with `try_parsing`, which would mangle secrets.)
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ListSetting {
+    List(Vec<String>),
+    Commas(String),
+}
+
+impl Default for ListSetting {
+    fn default() -> Self {
+        ListSetting::List(Vec::new())
+    }
+}
+
+impl ListSetting {
+    fn items(self) -> Vec<String> {
+        match self {
+            ListSetting::List(v) => v,
+            ListSetting::Commas(s) => s.split(',').map(str::to_owned).collect(),
+        }
+    }
 }
 
 /// The shape of a `CLIENTS_FILE`.
@@ -264,17 +285,12 @@ pub fn load(env: &HashMap<String, String>, dir: &Path) -> Result<Settings, Confi
     builder = builder
         .add_source(File::from(dir.join("config").join("local.toml")).required(false))
         // No `try_parsing`: secrets stay strings exactly as written (`0123` is not `123`).
-        .add_source({
-            let mut source = Environment::with_prefix(ENV_PREFIX)
+        .add_source(
+            Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("__")
                 .separator("__")
-                .list_separator(",")
-                .source(Some(env.clone().into_iter().collect()));
-            for key in LIST_KEYS {
-                source = source.with_list_parse_key(key);
-            }
-            source
-        });
+                .source(Some(env.clone().into_iter().collect())),
+        );
     for (name, key) in PLAIN_NAMES {
         let value = env.get(*name).filter(|v| !v.is_empty()).cloned();
         builder = builder
@@ -414,8 +430,9 @@ fn validate_access(
     service_token: Option<&Secret>,
     admin_key_set: bool,
 ) -> Result<(AccessPolicy, u64), ConfigError> {
-    let cidrs = |list: Vec<String>, name: &str| {
-        list.iter()
+    let cidrs = |list: ListSetting, name: &str| {
+        list.items()
+            .iter()
             .filter(|c| !c.trim().is_empty())
             .map(|c| c.parse::<Cidr>().map_err(|e| ConfigError::new(name, e)))
             .collect::<Result<Vec<_>, _>>()

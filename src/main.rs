@@ -1,11 +1,28 @@
-//! Wiring only: environment, logging, settings, then the server.
+//! Wiring only: the command, environment, logging, settings, then the server or a subcommand.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
+use openai_auth_proxy::cli::{self, Command};
 use openai_auth_proxy::{config, server};
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match cli::parse(&args) {
+        Ok(command) => command,
+        Err(e) => return fail(&e),
+    };
+    match command {
+        Command::Help => return cli::print_or_fail(Ok(cli::USAGE.to_owned())),
+        Command::HashToken => return cli::print_or_fail(cli::hash_token()),
+        Command::GenToken => {
+            return cli::print_or_fail(
+                cli::gen_token().map(|(token, hash)| format!("token: {token}\nsha256: {hash}")),
+            );
+        }
+        Command::Serve | Command::CheckConfig => {}
+    }
+
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
     let env = match config::environment_with_dotenv(&cwd) {
         Ok(env) => env,
@@ -20,6 +37,9 @@ fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(e) => return fail(&e.to_string()),
     };
+    if let Command::CheckConfig = command {
+        return cli::print_or_fail(Ok(cli::summary(&settings)));
+    }
     match server::run(settings, cwd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),

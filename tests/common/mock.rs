@@ -37,6 +37,8 @@ pub struct MockState {
     pub sse_sent: Mutex<Vec<Instant>>,
     /// Which long-running handlers or streams were dropped (the proxy went away), and when.
     pub dropped: Mutex<Vec<(&'static str, Instant)>>,
+    /// When the first body bytes of an upload arrived.
+    pub upload_started: Mutex<Option<Instant>>,
 }
 
 impl MockState {
@@ -249,7 +251,17 @@ async fn upload(
     let mut hasher = Sha256::new();
     let mut bytes = 0u64;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.unwrap();
+        // An upload the proxy cut short (e.g. a refused model) ends in an error here.
+        let Ok(chunk) = chunk else {
+            return HttpResponse::BadRequest().finish();
+        };
+        if bytes == 0 {
+            state
+                .upload_started
+                .lock()
+                .unwrap()
+                .get_or_insert(Instant::now());
+        }
         bytes += chunk.len() as u64;
         hasher.update(&chunk);
     }

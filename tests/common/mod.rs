@@ -68,6 +68,11 @@ pub struct Proxy {
 impl Proxy {
     /// Starts the proxy against `upstream_base` with the test token and key, plus `extra`.
     pub fn start(upstream_base: &str, extra: &[(&str, &str)]) -> Proxy {
+        Self::start_in(fresh_dir(), upstream_base, extra)
+    }
+
+    /// The same, in `dir` (which may hold `config/`, `.env` or a clients file).
+    pub fn start_in(dir: PathBuf, upstream_base: &str, extra: &[(&str, &str)]) -> Proxy {
         let mut env = vec![
             ("SERVICE_TOKEN", TOKEN),
             ("OPENAI_API_KEY", KEY),
@@ -77,7 +82,6 @@ impl Proxy {
             ("PROXY__SERVER__WORKERS", "2"),
         ];
         env.extend_from_slice(extra);
-        let dir = fresh_dir();
         let mut child = command(&env, &dir)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -181,6 +185,14 @@ pub fn client() -> awc::Client {
 
 pub fn bearer() -> String {
     format!("Bearer {TOKEN}")
+}
+
+pub fn sha256_hex(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Sends `request` as raw bytes and returns the response: up to its Content-Length when it
