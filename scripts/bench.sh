@@ -205,11 +205,14 @@ done
 
 # --- the table -----------------------------------------------------------------------------
 NGINX_IDLE=$(rss_kib "$(nginx_worker)")
-python3 - "$IDLE_RSS" "$NGINX_IDLE" "${startups[*]}" <<PY
+for k in "${!R[@]}"; do printf '%s\t%s\n' "$k" "${R[$k]}"; done > "$work/results.tsv"
+python3 - "$IDLE_RSS" "$NGINX_IDLE" "${startups[*]}" "$work/results.tsv" <<PY
 import sys, statistics
 idle, nginx_idle, startups = int(sys.argv[1]), int(sys.argv[2]), [int(x) for x in sys.argv[3].split()]
 R = {}
-$(for k in "${!R[@]}"; do printf 'R[%q] = [float(x) for x in "%s".split()]\n' "$k" "${R[$k]}"; done)
+for line in open(sys.argv[4]):
+    key, values = line.rstrip("\n").split("\t")
+    R[key] = [float(x) for x in values.split()]
 def cell(key, t):
     v = R.get(f"{key},{t}")
     if not v: return "-"
@@ -241,5 +244,5 @@ for name, key in [("(b) added p50 us @2000 rps", "b_p50"), ("(b) added p99 us @c
     print(f"{name:40} {'':>22} {p-d:>22g} {n-d:>22g}")
 print(f"{'(f) idle RSS MiB':40} {'':>22} {idle/1024:>22.1f} {nginx_idle/1024:>22.1f}")
 print(f"{'(f) start to healthy ms (median of 5)':40} {'':>22} {statistics.median(startups)/1000:>22.1f}")
-print(f"\\n{sys.argv[0] if False else ''}rounds=$ROUNDS duration=${DURATION}s streams=$STREAMS cores=$(nproc) $(date -u +%Y-%m-%dT%H:%MZ)")
+print(f"\\nrounds=$ROUNDS duration=${DURATION}s streams=$STREAMS cores=$(nproc) $(date -u +%Y-%m-%dT%H:%MZ)")
 PY

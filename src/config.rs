@@ -12,6 +12,7 @@ use config::{Config, Environment, File, FileFormat};
 use crate::access::AccessPolicy;
 use crate::access::clients::{Client, ClientRegistry, RawClient};
 use crate::access::ip::Cidr;
+use crate::proxy::encoding::CompressionPolicy;
 use serde::Deserialize;
 use url::Url;
 
@@ -106,6 +107,7 @@ pub struct ServerSettings {
     pub client_request_timeout: Duration,
     pub client_disconnect_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub compression: CompressionPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -211,6 +213,8 @@ struct RawServer {
     client_request_timeout_secs: u64,
     client_disconnect_timeout_secs: u64,
     shutdown_grace_secs: u64,
+    compress_min_bytes: u64,
+    compress_event_streams: bool,
 }
 
 #[derive(Deserialize)]
@@ -391,6 +395,10 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
             "server.client_disconnect_timeout_secs",
         )?,
         shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_secs),
+        compression: CompressionPolicy {
+            min_bytes: raw.server.compress_min_bytes,
+            event_streams: raw.server.compress_event_streams,
+        },
     };
     let upstream = UpstreamSettings {
         base_url,

@@ -13,11 +13,14 @@ use crate::access::guard;
 use crate::access::{Caller, SharedPolicy};
 use crate::config::Settings;
 use crate::error::ApiError;
-use crate::proxy::forward::{Forwarder, UpstreamPlan, forward};
+use crate::proxy::forward::{Forwarder, IDENTITY, UpstreamPlan, forward};
 use crate::reload::{PolicyReload, Reloader};
 use crate::tls::{SwappableCert, load_certified_key, server_config};
 use actix_web::HttpMessage;
+use actix_web::dev::Service;
+use actix_web::http::header;
 use arc_swap::ArcSwap;
+use futures_util::TryFutureExt;
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok()
@@ -31,7 +34,10 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 
 /// Runs the server until it has shut down. Returns an error line for startup failures.
 pub fn run(settings: Settings, dir: std::path::PathBuf) -> Result<(), String> {
-    let plan = Arc::new(UpstreamPlan::new(&settings.upstream)?);
+    let plan = Arc::new(UpstreamPlan::new(
+        &settings.upstream,
+        settings.server.compression,
+    )?);
     let policy: SharedPolicy = Arc::new(ArcSwap::from_pointee(settings.access));
     let policy_data = web::Data::new(Arc::clone(&policy));
     let log_format = settings.access_log_format.clone();
@@ -67,6 +73,16 @@ pub fn run(settings: Settings, dir: std::path::PathBuf) -> Result<(), String> {
                 // Registered last = outermost: the access line sees the encoded size and the
                 // whole life of a stream.
                 .wrap(Compress::default())
+                // Drops the marker the forwarder uses to keep `Compress` off a body.
+                .wrap_fn(|req, srv| {
+                    srv.call(req).map_ok(|mut res| {
+                        let headers = res.headers_mut();
+                        if headers.get(header::CONTENT_ENCODING) == Some(&IDENTITY) {
+                            headers.remove(header::CONTENT_ENCODING);
+                        }
+                        res
+                    })
+                })
                 .wrap(
                     Logger::new(&log_format)
                         .custom_request_replace("method", |req| req.method().to_string())

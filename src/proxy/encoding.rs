@@ -55,9 +55,41 @@ pub fn decode_for_client(request: &HeaderMap, response: &HeaderMap) -> Option<Co
     decodable(&coding)
 }
 
+/// When the proxy's `Compress` middleware may encode a body the upstream left unencoded.
+#[derive(Debug, Clone, Copy)]
+pub struct CompressionPolicy {
+    /// Bodies with a known length below this are sent as they are.
+    pub min_bytes: u64,
+    /// Event streams too (each event is flushed as its own compressed block).
+    pub event_streams: bool,
+}
+
+impl CompressionPolicy {
+    /// False for media and archives (already compressed), for small sized bodies (a packet or
+    /// two: nothing to gain, and brotli's per-response setup costs tens of microseconds), and
+    /// for event streams unless enabled (a compressor per open stream holds a few hundred KiB;
+    /// ten thousand streams would hold gigabytes).
+    pub fn allows(&self, response: &HeaderMap, length: Option<u64>) -> bool {
+        if length.is_some_and(|len| len < self.min_bytes) {
+            return false;
+        }
+        if !self.event_streams && is_event_stream(response) {
+            return false;
+        }
+        worth_compressing(response)
+    }
+}
+
+pub fn is_event_stream(response: &HeaderMap) -> bool {
+    response
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+}
+
 /// Whether compressing a body of this type is worth the proxy's CPU. Media and archives are
 /// already compressed; gzip over audio costs time and gains nothing.
-pub fn worth_compressing(response: &HeaderMap) -> bool {
+fn worth_compressing(response: &HeaderMap) -> bool {
     let Some(content_type) = response
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -125,6 +157,26 @@ mod tests {
         assert_eq!(decode_for_client(&map(&[]), &map(&[])), None);
         let odd = map(&[("content-encoding", "compress")]);
         assert_eq!(decode_for_client(&map(&[]), &odd), None);
+    }
+
+    #[test]
+    fn compression_policy() {
+        let policy = CompressionPolicy {
+            min_bytes: 1024,
+            event_streams: false,
+        };
+        let json = map(&[("content-type", "application/json")]);
+        assert!(policy.allows(&json, Some(4096)));
+        assert!(policy.allows(&json, None));
+        assert!(!policy.allows(&json, Some(512)));
+        let sse = map(&[("content-type", "text/event-stream")]);
+        assert!(!policy.allows(&sse, None));
+        let with_sse = CompressionPolicy {
+            event_streams: true,
+            ..policy
+        };
+        assert!(with_sse.allows(&sse, None));
+        assert!(!with_sse.allows(&map(&[("content-type", "audio/mpeg")]), None));
     }
 
     #[test]

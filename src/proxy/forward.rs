@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use actix_http::encoding::Decoder;
 use actix_web::body::{BodyStream, SizedStream};
-use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode, Version};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use awc::error::{ConnectError, PayloadError, SendRequestError};
 use futures_util::{StreamExt, future};
 
-use super::encoding::{decode_for_client, worth_compressing};
+use super::encoding::{CompressionPolicy, decode_for_client, is_event_stream};
 use super::headers::{copy_request_headers, copy_response_headers};
 use super::strict_eof::{StrictEofConnector, is_upstream_eof};
 use super::upstream_url::upstream_uri;
@@ -37,10 +37,14 @@ pub struct UpstreamPlan {
     project: Option<HeaderValue>,
     tls: Arc<rustls::ClientConfig>,
     settings: UpstreamSettings,
+    compression: CompressionPolicy,
 }
 
 impl UpstreamPlan {
-    pub fn new(settings: &UpstreamSettings) -> Result<Self, String> {
+    pub fn new(
+        settings: &UpstreamSettings,
+        compression: CompressionPolicy,
+    ) -> Result<Self, String> {
         let bearer = |key: &Secret, name: &str| {
             let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose()))
                 .map_err(|_| format!("{name} is not a valid header value"))?;
@@ -68,6 +72,7 @@ impl UpstreamPlan {
             project: header(&settings.project)?,
             tls: Arc::new(upstream_tls_config()),
             settings: settings.clone(),
+            compression,
         })
     }
 }
@@ -245,7 +250,7 @@ pub async fn forward(
         log::warn!("{} {}: {err}", req.method(), req.path());
         err
     })?;
-    Ok(relay(&req, response))
+    Ok(relay(&req, response, plan.compression))
 }
 
 /// Turns the upstream response into ours: status and filtered headers as they are, the body
@@ -253,6 +258,7 @@ pub async fn forward(
 fn relay(
     req: &HttpRequest,
     mut upstream: awc::ClientResponse<Decoder<actix_http::Payload>>,
+    compression: CompressionPolicy,
 ) -> HttpResponse {
     let status = upstream.status();
     let upstream_headers = upstream.headers();
@@ -290,28 +296,21 @@ fn relay(
     if decode.is_some() {
         headers.remove(header::CONTENT_ENCODING);
     }
-    mark_streaming_and_compression(headers);
-    response
-}
-
-fn mark_streaming_and_compression(headers: &mut HeaderMap) {
-    let event_stream = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
-    if event_stream {
+    if is_event_stream(headers) {
         // An nginx in front would otherwise buffer the stream until it closes.
         headers.insert(X_ACCEL_BUFFERING.clone(), HeaderValue::from_static("no"));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
-    if !headers.contains_key(header::CONTENT_ENCODING) && !worth_compressing(headers) {
-        // `Compress` leaves bodies that already declare a coding alone.
-        headers.insert(
-            header::CONTENT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
+    let sized = if decode.is_some() { None } else { length };
+    if !headers.contains_key(header::CONTENT_ENCODING) && !compression.allows(headers, sized) {
+        // `Compress` leaves bodies that declare a coding alone; the server strips this marker
+        // again before the response leaves (server.rs).
+        headers.insert(header::CONTENT_ENCODING, IDENTITY.clone());
     }
+    response
 }
+
+pub static IDENTITY: HeaderValue = HeaderValue::from_static("identity");
 
 fn map_send_error(err: SendRequestError, first_byte_timeout: Duration) -> ApiError {
     match err {
