@@ -118,7 +118,9 @@ add() { R["$1,$2"]="${R["$1,$2"]:-} $3"; }
 
 oha_json() { # url, extra oha args...
   local url=$1; shift
-  taskset -c 1 oha --no-tui --output-format json -H "Authorization: Bearer $TOKEN" "$@" "$url" 2>/dev/null
+  # Same work on every path: no compression negotiated (nginx and the mock do not compress).
+  taskset -c 1 oha --no-tui --output-format json -H "Authorization: Bearer $TOKEN" \
+    -H "Accept-Encoding: identity" "$@" "$url" 2>/dev/null
 }
 field() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
