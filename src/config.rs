@@ -13,6 +13,7 @@ use crate::access::AccessPolicy;
 use crate::access::clients::{Client, ClientRegistry, RawClient};
 use crate::access::ip::Cidr;
 use crate::proxy::encoding::CompressionPolicy;
+use crate::realtime::SessionLimits;
 use serde::Deserialize;
 use url::Url;
 
@@ -95,6 +96,7 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     pub access_log_format: String,
     pub tls: Option<TlsPaths>,
+    pub realtime: SessionLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +152,15 @@ struct Raw {
     log: RawLog,
     #[serde(default)]
     tls: RawTls,
+    realtime: RawRealtime,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRealtime {
+    idle_timeout_secs: u64,
+    max_session_secs: u64,
+    max_frame_bytes: u64,
 }
 
 #[derive(Deserialize, Default)]
@@ -429,6 +440,12 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
         upstream,
         access_log_format: validate_log_format(raw.log.access_format)?,
         tls,
+        realtime: SessionLimits {
+            idle_timeout: secs(raw.realtime.idle_timeout_secs, "realtime.idle_timeout_secs")?,
+            max_session: secs(raw.realtime.max_session_secs, "realtime.max_session_secs")?,
+            max_frame_bytes: positive(raw.realtime.max_frame_bytes, "realtime.max_frame_bytes")?
+                as usize,
+        },
     })
 }
 

@@ -17,6 +17,8 @@ pub enum ApiError {
     Forbidden(&'static str, String),
     PayloadTooLarge(String),
     UpstreamUnreachable(String),
+    /// The upstream answered a WebSocket upgrade with this status instead of 101.
+    UpstreamRefused(StatusCode),
     UpstreamTimeout(String),
     Internal(String),
 }
@@ -57,6 +59,11 @@ impl ApiError {
             ApiError::Forbidden(code, m) => (m, "invalid_request_error", code),
             ApiError::PayloadTooLarge(m) => (m, "invalid_request_error", "request_too_large"),
             ApiError::UpstreamUnreachable(m) => (m, "server_error", "upstream_unreachable"),
+            ApiError::UpstreamRefused(_) => (
+                "The upstream refused the WebSocket upgrade with this status.",
+                "server_error",
+                "upstream_refused",
+            ),
             ApiError::UpstreamTimeout(m) => (m, "server_error", "upstream_timeout"),
             ApiError::Internal(m) => (m, "server_error", "internal_error"),
         }
@@ -79,6 +86,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(..) => StatusCode::FORBIDDEN,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamRefused(status) => *status,
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

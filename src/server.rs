@@ -41,6 +41,9 @@ pub fn run(settings: Settings, dir: std::path::PathBuf) -> Result<(), String> {
     let policy: SharedPolicy = Arc::new(ArcSwap::from_pointee(settings.access));
     let policy_data = web::Data::new(Arc::clone(&policy));
     let log_format = settings.access_log_format.clone();
+    let realtime = settings.realtime;
+    // Flips to true when a drain's grace period ends: open WebSockets then close with 1001.
+    let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
     let tls = match &settings.tls {
         None => None,
         Some(paths) => {
@@ -69,7 +72,11 @@ pub fn run(settings: Settings, dir: std::path::PathBuf) -> Result<(), String> {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(policy_data.clone())
-                .app_data(web::Data::new(Forwarder::new(Arc::clone(&plan))))
+                .app_data(web::Data::new(Forwarder::new(
+                    Arc::clone(&plan),
+                    realtime,
+                    Some(draining_rx.clone()),
+                )))
                 // Registered last = outermost: the access line sees the encoded size and the
                 // whole life of a stream.
                 .wrap(Compress::default())
@@ -133,7 +140,7 @@ pub fn run(settings: Settings, dir: std::path::PathBuf) -> Result<(), String> {
         );
         let server = server.run();
         actix_web::rt::spawn(reloader.run());
-        actix_web::rt::spawn(signals.drive(server.handle(), s.shutdown_grace.as_secs()));
+        actix_web::rt::spawn(signals.drive(server.handle(), s.shutdown_grace, draining_tx));
         server
             .await
             .map_err(|e| format!("server stopped with an error: {e}"))?;
@@ -164,7 +171,13 @@ impl ShutdownSignals {
     /// SIGTERM or SIGINT: stop accepting and drain in-flight requests and streams for up to
     /// the grace period (actix-server's own handler would treat SIGINT as a hard stop). A
     /// second SIGINT exits at once, for an operator at a terminal who does not want to wait.
-    async fn drive(mut self, handle: ServerHandle, grace_secs: u64) {
+    async fn drive(
+        mut self,
+        handle: ServerHandle,
+        grace: std::time::Duration,
+        draining: tokio::sync::watch::Sender<bool>,
+    ) {
+        let grace_secs = grace.as_secs();
         let name = tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
@@ -172,6 +185,13 @@ impl ShutdownSignals {
         log::info!(
             "{name} received: no new connections; draining in-flight requests for up to {grace_secs} s (SIGINT again to exit now)"
         );
+        // WebSockets never end by themselves: close them (1001) just before the grace period
+        // runs out, so clients get a close frame rather than a cut connection.
+        actix_web::rt::spawn(async move {
+            actix_web::rt::time::sleep(grace.saturating_sub(std::time::Duration::from_secs(1)))
+                .await;
+            let _ = draining.send(true);
+        });
         tokio::select! {
             _ = handle.stop(true) => {}
             _ = self.int.recv() => {

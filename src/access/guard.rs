@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 use super::ip::{any_contains, client_ip};
 use super::{ADMIN_PREFIX, Caller, SharedPolicy};
 use crate::error::ApiError;
+use crate::realtime::{is_websocket_upgrade, subprotocol_token};
 
 /// Validator for `HttpAuthentication::with_fn`. Taking `Option<BearerAuth>` means a missing or
 /// malformed header reaches us too, so every authentication failure gets the same JSON 401:
@@ -43,8 +44,13 @@ fn check(req: &ServiceRequest, credentials: Option<BearerAuth>) -> Result<Caller
             format!("Requests from {ip} are not allowed."),
         ));
     }
-    let client = credentials
-        .and_then(|c| policy.clients.lookup(c.token()).cloned())
+    // A WebSocket from a browser carries the token as a subprotocol instead of a header.
+    let subprotocol = is_websocket_upgrade(req.headers())
+        .then(|| subprotocol_token(req.headers()))
+        .flatten();
+    let token = credentials.as_ref().map(|c| c.token()).or(subprotocol);
+    let client = token
+        .and_then(|t| policy.clients.lookup(t).cloned())
         .filter(|c| c.usable_at(OffsetDateTime::now_utc()))
         .ok_or(ApiError::Unauthorized)?;
     if !client.ip_allowed(ip) {

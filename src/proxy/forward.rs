@@ -23,6 +23,8 @@ use crate::access::model_scope::{
 use crate::access::{ADMIN_PREFIX, AccessPolicy, Caller, SharedPolicy};
 use crate::config::{Secret, UpstreamSettings};
 use crate::error::ApiError;
+use crate::realtime::{SessionLimits, bridge_upgrade, is_websocket_upgrade};
+use tokio::sync::watch;
 
 static OPENAI_ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
 static OPENAI_PROJECT: HeaderName = HeaderName::from_static("openai-project");
@@ -36,6 +38,7 @@ pub struct UpstreamPlan {
     organization: Option<HeaderValue>,
     project: Option<HeaderValue>,
     tls: Arc<rustls::ClientConfig>,
+    ws_tls: Arc<rustls::ClientConfig>,
     settings: UpstreamSettings,
     compression: CompressionPolicy,
 }
@@ -70,21 +73,22 @@ impl UpstreamPlan {
             admin_authorization,
             organization: header(&settings.organization)?,
             project: header(&settings.project)?,
-            tls: Arc::new(upstream_tls_config()),
+            tls: Arc::new(upstream_tls_config(&[b"h2", b"http/1.1"])),
+            ws_tls: Arc::new(upstream_tls_config(&[b"http/1.1"])),
             settings: settings.clone(),
             compression,
         })
     }
 }
 
-fn upstream_tls_config() -> rustls::ClientConfig {
+fn upstream_tls_config(alpn: &[&[u8]]) -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_root_certificates(actix_tls::connect::rustls_0_23::webpki_roots_cert_store())
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config
 }
 
@@ -92,10 +96,18 @@ fn upstream_tls_config() -> rustls::ClientConfig {
 pub struct Forwarder {
     plan: Arc<UpstreamPlan>,
     client: awc::Client,
+    /// WebSockets need HTTP/1.1 (awc cannot tunnel over HTTP/2).
+    ws_client: awc::Client,
+    limits: SessionLimits,
+    draining: Option<watch::Receiver<bool>>,
 }
 
 impl Forwarder {
-    pub fn new(plan: Arc<UpstreamPlan>) -> Self {
+    pub fn new(
+        plan: Arc<UpstreamPlan>,
+        limits: SessionLimits,
+        draining: Option<watch::Receiver<bool>>,
+    ) -> Self {
         let s = &plan.settings;
         let connector = awc::Connector::new()
             .connector(StrictEofConnector::default())
@@ -112,7 +124,24 @@ impl Forwarder {
             .disable_redirects()
             .no_default_headers()
             .finish();
-        Self { plan, client }
+        let ws_client = awc::Client::builder()
+            .connector(
+                awc::Connector::new()
+                    .connector(StrictEofConnector::default())
+                    .rustls_0_23(Arc::clone(&plan.ws_tls))
+                    .timeout(s.connect_timeout)
+                    .handshake_timeout(s.connect_timeout),
+            )
+            .timeout(s.connect_timeout)
+            .no_default_headers()
+            .finish();
+        Self {
+            plan,
+            client,
+            ws_client,
+            limits,
+            draining,
+        }
     }
 }
 
@@ -191,6 +220,28 @@ pub async fn forward(
     let plan = &forwarder.plan;
     let path = req.path();
     let uri = upstream_uri(&plan.base, path, req.uri().query())?;
+    // The guard let only admin clients through to the admin API when an admin key is set.
+    let authorization = match &plan.admin_authorization {
+        Some(admin) if path.starts_with(ADMIN_PREFIX) => admin,
+        _ => &plan.authorization,
+    };
+    if is_websocket_upgrade(req.headers()) {
+        let url = uri.to_string();
+        let ws_url = match url.strip_prefix("http") {
+            Some(rest) => format!("ws{rest}"),
+            None => url,
+        };
+        return bridge_upgrade(
+            &req,
+            payload,
+            &forwarder.ws_client,
+            ws_url,
+            authorization,
+            forwarder.limits,
+            forwarder.draining.clone(),
+        )
+        .await;
+    }
 
     let mut upstream = forwarder
         .client
@@ -198,11 +249,6 @@ pub async fn forward(
         .no_decompress();
     let headers = upstream.headers_mut();
     copy_request_headers(req.headers(), headers);
-    // The guard let only admin clients through to the admin API when an admin key is set.
-    let authorization = match &plan.admin_authorization {
-        Some(admin) if path.starts_with(ADMIN_PREFIX) => admin,
-        _ => &plan.authorization,
-    };
     headers.insert(header::AUTHORIZATION, authorization.clone());
     if let Some(org) = &plan.organization {
         headers.insert(OPENAI_ORGANIZATION.clone(), org.clone());

@@ -39,6 +39,8 @@ pub struct MockState {
     pub dropped: Mutex<Vec<(&'static str, Instant)>>,
     /// When the first body bytes of an upload arrived.
     pub upload_started: Mutex<Option<Instant>>,
+    /// The close code the WebSocket endpoint received.
+    pub ws_close: Mutex<Option<u16>>,
 }
 
 impl MockState {
@@ -101,6 +103,7 @@ impl Mock {
                         .route("/v1/broken-stream", web::to(broken_stream))
                         .route("/v1/audio", web::to(audio))
                         .route("/v1/chat/completions", web::post().to(chat_completions))
+                        .route("/v1/realtime", web::get().to(realtime))
                         .default_service(web::to(echo))
                 })
                 .workers(1)
@@ -376,4 +379,56 @@ async fn chat_completions(
     sse_response()
         .insert_header(("x-request-id", "req_mock_chat"))
         .streaming(body)
+}
+
+/// A Realtime-API-like WebSocket: announces the session, answers `response.create` with
+/// `response.done`, echoes every other frame, closes with 4000 on the text `close-me`, and
+/// records the close code it receives.
+async fn realtime(
+    req: HttpRequest,
+    state: web::Data<MockState>,
+    body: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
+    record(&req, &state);
+    let (response, mut session, messages) =
+        actix_ws::handle_with_protocols(&req, body, &["realtime"])?;
+    let mut messages = messages.max_frame_size(16 << 20);
+    let state = state.into_inner();
+    actix_web::rt::spawn(async move {
+        let created = r#"{"type":"session.created","event_id":"evt_1","session":{"id":"sess_mock","object":"realtime.session","type":"realtime","model":"gpt-realtime"}}"#;
+        let _ = session.text(created).await;
+        while let Some(Ok(msg)) = messages.recv().await {
+            match msg {
+                actix_ws::Message::Text(text) if &*text == "close-me" => {
+                    let _ = session
+                        .close(Some(actix_ws::CloseReason {
+                            code: actix_ws::CloseCode::Other(4000),
+                            description: Some("bye".into()),
+                        }))
+                        .await;
+                    return;
+                }
+                actix_ws::Message::Text(text) if text.contains("\"response.create\"") => {
+                    let done = r#"{"type":"response.done","event_id":"evt_2","response":{"id":"resp_1","object":"realtime.response","status":"completed","output":[],"usage":{"total_tokens":7,"input_tokens":3,"output_tokens":4}}}"#;
+                    let _ = session.text(done).await;
+                }
+                actix_ws::Message::Text(text) => {
+                    let _ = session.text(text).await;
+                }
+                actix_ws::Message::Binary(bytes) => {
+                    let _ = session.binary(bytes).await;
+                }
+                actix_ws::Message::Ping(bytes) => {
+                    let _ = session.pong(&bytes).await;
+                }
+                actix_ws::Message::Close(reason) => {
+                    *state.ws_close.lock().unwrap() = reason.map(|r| r.code.into());
+                    let _ = session.close(None).await;
+                    return;
+                }
+                _ => {}
+            }
+        }
+    });
+    Ok(response)
 }

@@ -1,0 +1,227 @@
+//! Realtime API: WebSockets under /v1 bridged to the upstream with the same authentication,
+//! frames passed through byte-exact, close codes carried both ways, the official SDK working.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use awc::ws::{CloseCode, CloseReason, Frame, Message};
+use common::mock::Mock;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+
+type Conn = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
+
+async fn next_data(conn: &mut Conn) -> Frame {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), conn.next()).await {
+            Ok(Some(Ok(Frame::Ping(_)))) | Ok(Some(Ok(Frame::Pong(_)))) => continue,
+            Ok(Some(Ok(frame))) => return frame,
+            other => panic!("no frame: {other:?}"),
+        }
+    }
+}
+
+fn ws_url(proxy: &Proxy) -> String {
+    format!("ws://{}/v1/realtime?model=gpt-realtime", proxy.addr)
+}
+
+async fn round_trip(conn: &mut Conn) {
+    match next_data(conn).await {
+        Frame::Text(t) => assert!(String::from_utf8_lossy(&t).contains("session.created")),
+        other => panic!("expected session.created, got {other:?}"),
+    }
+    conn.send(Message::Text("hello realtime".into()))
+        .await
+        .unwrap();
+    assert_eq!(next_data(conn).await, Frame::Text("hello realtime".into()));
+    let audio = pattern_chunk(7, 200_000);
+    conn.send(Message::Binary(audio.clone())).await.unwrap();
+    match next_data(conn).await {
+        Frame::Binary(echoed) => assert!(echoed == audio, "binary frame changed in transit"),
+        other => panic!(
+            "expected the binary echo, got a {:?} frame",
+            std::mem::discriminant(&other)
+        ),
+    }
+}
+
+#[actix_web::test]
+async fn header_auth_round_trips_frames_with_the_upstream_key() {
+    let mock = Mock::start();
+    let proxy = Proxy::start(&mock.base(), &[]);
+    let (res, mut conn) = awc::Client::new()
+        .ws(ws_url(&proxy))
+        .max_frame_size(1 << 20)
+        .bearer_auth(TOKEN)
+        .header("OpenAI-Beta", "realtime=v1")
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 101);
+    round_trip(&mut conn).await;
+    let seen = mock.state.last_request();
+    assert_eq!(seen.path, "/v1/realtime");
+    assert_eq!(seen.query, "model=gpt-realtime");
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+    assert_eq!(seen.header("openai-beta"), Some("realtime=v1"));
+    for (name, value) in &seen.headers {
+        assert!(
+            !value.contains(TOKEN),
+            "client token reached the upstream in {name}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn subprotocol_auth_strips_the_token_and_negotiates_a_valid_protocol() {
+    let mock = Mock::start();
+    let proxy = Proxy::start(&mock.base(), &[]);
+    let token_protocol = format!("openai-insecure-api-key.{TOKEN}");
+    let (res, mut conn) = awc::Client::new()
+        .ws(ws_url(&proxy))
+        .max_frame_size(1 << 20)
+        .protocols([
+            "realtime",
+            token_protocol.as_str(),
+            "openai-beta.realtime-v1",
+        ])
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 101);
+    assert_eq!(
+        res.headers().get("sec-websocket-protocol").unwrap(),
+        "realtime"
+    );
+    round_trip(&mut conn).await;
+    let seen = mock.state.last_request();
+    let offered: Vec<&str> = seen
+        .header("sec-websocket-protocol")
+        .unwrap()
+        .split(',')
+        .map(str::trim)
+        .collect();
+    assert_eq!(offered, ["realtime", "openai-beta.realtime-v1"]);
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+    for (name, value) in &seen.headers {
+        assert!(
+            !value.contains(TOKEN),
+            "client token reached the upstream in {name}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn wrong_token_is_refused_before_the_upgrade() {
+    let mock = Mock::start();
+    let proxy = Proxy::start(&mock.base(), &[]);
+    for attempt in [
+        awc::Client::new()
+            .ws(ws_url(&proxy))
+            .bearer_auth("wrong-token-000000000"),
+        awc::Client::new()
+            .ws(ws_url(&proxy))
+            .protocols(["realtime", "openai-insecure-api-key.wrong-token-00000"]),
+        awc::Client::new().ws(ws_url(&proxy)),
+    ] {
+        match attempt.connect().await {
+            Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+                assert_eq!(status, 401)
+            }
+            other => panic!("expected 401, got {:?}", other.map(|(r, _)| r.status())),
+        }
+    }
+    assert!(mock.state.requests.lock().unwrap().is_empty());
+}
+
+#[actix_web::test]
+async fn close_codes_travel_both_ways() {
+    let mock = Mock::start();
+    let proxy = Proxy::start(&mock.base(), &[]);
+    let connect = || {
+        awc::Client::new()
+            .ws(ws_url(&proxy))
+            .bearer_auth(TOKEN)
+            .connect()
+    };
+    // Upstream closes: the client sees its code and reason.
+    let (_, mut conn) = connect().await.unwrap();
+    next_data(&mut conn).await;
+    conn.send(Message::Text("close-me".into())).await.unwrap();
+    match next_data(&mut conn).await {
+        Frame::Close(Some(reason)) => {
+            assert_eq!(u16::from(reason.code), 4000);
+            assert_eq!(reason.description.as_deref(), Some("bye"));
+        }
+        other => panic!("expected close 4000, got {other:?}"),
+    }
+
+    // Client closes: the upstream sees its code.
+    let (_, mut conn) = connect().await.unwrap();
+    next_data(&mut conn).await;
+    conn.send(Message::Close(Some(CloseReason::from(CloseCode::Normal))))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mock.state.ws_close.lock().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream never saw the close: {}",
+            proxy.logs()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*mock.state.ws_close.lock().unwrap(), Some(1000));
+}
+
+#[actix_web::test]
+async fn unreachable_upstream_is_a_clean_http_error() {
+    let base = format!("http://127.0.0.1:{}/v1", closed_port());
+    let proxy = Proxy::start(&base, &[]);
+    let started = Instant::now();
+    match awc::Client::new()
+        .ws(ws_url(&proxy))
+        .bearer_auth(TOKEN)
+        .connect()
+        .await
+    {
+        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => assert_eq!(status, 502),
+        other => panic!("expected 502, got {:?}", other.map(|(r, _)| r.status())),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn official_python_sdk_realtime_client_connects_through_the_proxy() {
+    let mock = Mock::start();
+    let proxy = Proxy::start(&mock.base(), &[]);
+    let python = std::env::var("OPENAI_SDK_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let out = std::process::Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/sdk/realtime.py"
+        ))
+        .env("OPENAI_BASE_URL", proxy.url("/v1"))
+        .env("OPENAI_API_KEY", TOKEN)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("realtime checks passed"), "{stdout}");
+    let seen = mock.state.last_request();
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+}
