@@ -5,7 +5,8 @@
 //!
 //! Routes (under /v1): POST chat/completions (a fixed ~1 KB completion, or an SSE stream when
 //! the body asks for "stream": true), GET models, GET sse?n=N&gap_ms=D (N events D ms apart),
-//! POST upload (counts the bytes), GET download?bytes=N (N bytes, sized, in 64 KiB chunks).
+//! POST upload (counts the bytes), GET download?bytes=N (N bytes, sized, in 64 KiB chunks),
+//! GET realtime (a WebSocket echo).
 
 use std::time::Duration;
 
@@ -97,6 +98,30 @@ async fn download(req: HttpRequest) -> HttpResponse {
         .body(actix_web::body::SizedStream::new(total, chunks))
 }
 
+/// A WebSocket that echoes what it gets (the Realtime API's shape, not its protocol).
+async fn realtime(req: HttpRequest, body: web::Payload) -> Result<HttpResponse, actix_web::Error> {
+    let (response, mut session, mut messages) =
+        actix_ws::handle_with_protocols(&req, body, &["realtime"])?;
+    actix_web::rt::spawn(async move {
+        while let Some(Ok(msg)) = messages.recv().await {
+            let sent = match msg {
+                actix_ws::Message::Text(t) => session.text(t).await,
+                actix_ws::Message::Binary(b) => session.binary(b).await,
+                actix_ws::Message::Ping(p) => session.pong(&p).await,
+                actix_ws::Message::Close(r) => {
+                    let _ = session.close(r).await;
+                    return;
+                }
+                _ => Ok(()),
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(response)
+}
+
 async fn models() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({
         "object": "list",
@@ -121,6 +146,7 @@ async fn main() -> std::io::Result<()> {
             .route("/v1/sse", web::get().to(sse))
             .route("/v1/upload", web::post().to(upload))
             .route("/v1/download", web::get().to(download))
+            .route("/v1/realtime", web::get().to(realtime))
     })
     .workers(workers)
     .backlog(4096)

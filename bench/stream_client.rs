@@ -7,6 +7,8 @@
 //!   stream-client hold ADDR PATH TOKEN COUNT SECONDS
 //!       opens COUNT streams, prints `ready N errors E` once each has its first event, holds
 //!       them SECONDS, then exits.
+//!   stream-client ws-hold ADDR PATH TOKEN COUNT SECONDS
+//!       the same with WebSocket sessions: ready once each upgrade got its 101.
 
 use std::time::{Duration, Instant};
 
@@ -129,7 +131,34 @@ async fn sse(addr: String, path: String, token: String, concurrency: usize) {
     );
 }
 
-async fn hold(addr: String, path: String, token: String, count: usize, seconds: u64) {
+/// Opens a WebSocket with a raw upgrade request and waits for the 101.
+async fn ws_open(addr: &str, path: &str, token: &str) -> std::io::Result<TcpStream> {
+    let mut conn = TcpStream::connect(addr).await?;
+    conn.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::Error::other("closed during the upgrade"));
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    if !head.starts_with(b"HTTP/1.1 101") {
+        return Err(std::io::Error::other(
+            String::from_utf8_lossy(&head).into_owned(),
+        ));
+    }
+    Ok(conn)
+}
+
+async fn hold(addr: String, path: String, token: String, count: usize, seconds: u64, ws: bool) {
     let ramp = std::sync::Arc::new(Semaphore::new(256));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
     for _ in 0..count {
@@ -143,6 +172,9 @@ async fn hold(addr: String, path: String, token: String, count: usize, seconds: 
         tokio::spawn(async move {
             let permit = ramp.acquire_owned().await.unwrap();
             let result = async {
+                if ws {
+                    return ws_open(&addr, &path, &token).await;
+                }
                 let (mut conn, _) = open(&addr, &path, &token).await?;
                 let mut buf = vec![0u8; 4096];
                 let mut seen = Vec::new();
@@ -207,12 +239,13 @@ fn main() {
             token.to_string(),
             c.parse().unwrap(),
         )),
-        ["hold", addr, path, token, n, s] => rt.block_on(hold(
+        [mode @ ("hold" | "ws-hold"), addr, path, token, n, s] => rt.block_on(hold(
             addr.to_string(),
             path.to_string(),
             token.to_string(),
             n.parse().unwrap(),
             s.parse().unwrap(),
+            *mode == "ws-hold",
         )),
         _ => {
             eprintln!(

@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
 STREAMS=${STREAMS:-9000}
+WS_SESSIONS=${WS_SESSIONS:-1000}
 MOCK_PORT=19090
 PROXY_PORT=19080
 NGINX_PORT=19081
@@ -179,6 +180,21 @@ for t in proxy nginx; do
   sleep 2
 done
 
+# (g) idle Realtime (WebSocket) sessions through the proxy: RSS per session.
+before=$(rss_kib "$PROXY_PID")
+taskset -c 1 "$CLIENT" ws-hold "127.0.0.1:$PROXY_PORT" "/v1/realtime?model=gpt-realtime" "$TOKEN" "$WS_SESSIONS" 3 > "$work/ws.out" &
+hold=$!
+peak=$before
+while kill -0 "$hold" 2>/dev/null; do
+  r=$(rss_kib "$PROXY_PID"); [ "$r" -gt "$peak" ] && peak=$r
+  sleep 0.1
+done
+wait "$hold" || true
+add g_ready proxy "$(awk '{print $2}' "$work/ws.out")"
+add g_errors proxy "$(awk '{print $4}' "$work/ws.out")"
+add g_kib_per_session proxy "$(python3 -c "print(round(($peak-$before)/$WS_SESSIONS,1))")"
+sleep 2
+
 # (e) 1 GiB up and down: MiB/s and the server's peak RSS growth.
 truncate -s "$ONE_GIB" "$work/1g.bin"
 for t in direct proxy nginx; do
@@ -235,6 +251,7 @@ rows = [
   ("(c) SSE gap p50 us (sent every 50 ms)", "c_gap_p50_us"), ("(c) SSE gap p99 us", "c_gap_p99_us"),
   ("(c) SSE whole stream p50 ms", "c_total_p50_ms"), ("(c) reads holding >1 event", "c_coalesced_reads"), ("(c) stream errors", "c_errors"),
   ("(d) streams held", "d_ready"), ("(d) stream errors", "d_errors"), ("(d) MiB per 1000 idle streams", "d_mib_per_1000"),
+  ("(g) WebSocket sessions held", "g_ready"), ("(g) WebSocket session errors", "g_errors"), ("(g) KiB per idle WebSocket session", "g_kib_per_session"),
   ("(e) 1 GiB upload MiB/s", "e_up_mibs"), ("(e) upload RSS growth KiB", "e_up_rss_growth_kib"),
   ("(e) 1 GiB download MiB/s", "e_down_mibs"), ("(e) download RSS growth KiB", "e_down_rss_growth_kib"),
 ]
