@@ -202,7 +202,8 @@ async fn hold(addr: String, path: String, token: String, count: usize, seconds: 
                         }
                     }
                 }
-                Err(_) => {
+                Err(e) => {
+                    eprintln!("session failed: {e}");
                     let _ = tx.send(false);
                 }
             }

@@ -225,3 +225,33 @@ fn official_python_sdk_realtime_client_connects_through_the_proxy() {
         Some(format!("Bearer {KEY}").as_str())
     );
 }
+
+#[actix_web::test]
+async fn more_sessions_than_awcs_default_pool_limit_are_held() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = Mock::start();
+    let proxy = Proxy::start(&mock.base(), &[("PROXY__SERVER__WORKERS", "1")]);
+    let mut sessions = Vec::new();
+    // awc's connector caps a client at 100 connections unless told otherwise.
+    for _ in 0..130 {
+        let mut conn = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        conn.write_all(
+            format!(
+                "GET /v1/realtime?model=x HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+                bearer()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        sessions.push(conn);
+    }
+    for (i, conn) in sessions.iter_mut().enumerate() {
+        let mut head = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut head))
+            .await
+            .unwrap_or_else(|_| panic!("session {i} got no answer"))
+            .unwrap();
+        assert_eq!(&head, b"HTTP/1.1 101", "session {i}");
+    }
+}

@@ -129,6 +129,9 @@ impl Forwarder {
                 awc::Connector::new()
                     .connector(StrictEofConnector::default())
                     .rustls_0_23(Arc::clone(&plan.ws_tls))
+                    // A session holds its connection for life: awc's default cap of 100 per
+                    // worker would make the 101st session wait for one to end.
+                    .limit(s.max_in_flight_per_worker)
                     .timeout(s.connect_timeout)
                     .handshake_timeout(s.connect_timeout),
             )
