@@ -162,11 +162,27 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
+# (g) idle Realtime (WebSocket) sessions through the proxy: RSS per session. Run before (d),
+# whose freed memory would otherwise absorb the growth.
+before=$(rss_kib "$PROXY_PID")
+taskset -c 1 "$CLIENT" ws-hold "127.0.0.1:$PROXY_PORT" "/v1/realtime?model=gpt-realtime" "$TOKEN" "$WS_SESSIONS" 3 > "$work/ws.out" 2>>"$work/client-errors.log" &
+hold=$!
+peak=$before
+while kill -0 "$hold" 2>/dev/null; do
+  r=$(rss_kib "$PROXY_PID"); [ "$r" -gt "$peak" ] && peak=$r
+  sleep 0.1
+done
+wait "$hold" || true
+add g_ready proxy "$(awk '{print $2}' "$work/ws.out")"
+add g_errors proxy "$(awk '{print $4}' "$work/ws.out")"
+add g_kib_per_session proxy "$(python3 -c "print(round(($peak-$before)/$WS_SESSIONS,1))")"
+sleep 2
+
 # (d) many concurrent idle streams (one event, then quiet): peak RSS of the server.
 for t in proxy nginx; do
   pid=$(server_pid "$t")
   before=$(rss_kib "$pid")
-  taskset -c 1 "$CLIENT" hold "127.0.0.1:${URL[$t]##*:}" "/v1/sse?n=2&gap_ms=60000" "$TOKEN" "$STREAMS" 3 > "$work/hold.out" &
+  taskset -c 1 "$CLIENT" hold "127.0.0.1:${URL[$t]##*:}" "/v1/sse?n=2&gap_ms=60000" "$TOKEN" "$STREAMS" 3 > "$work/hold.out" 2>>"$work/client-errors.log" &
   hold=$!
   peak=$before
   while kill -0 "$hold" 2>/dev/null; do
@@ -179,21 +195,6 @@ for t in proxy nginx; do
   add d_mib_per_1000 "$t" "$(python3 -c "print(round(($peak-$before)/1024/($STREAMS/1000),2))")"
   sleep 2
 done
-
-# (g) idle Realtime (WebSocket) sessions through the proxy: RSS per session.
-before=$(rss_kib "$PROXY_PID")
-taskset -c 1 "$CLIENT" ws-hold "127.0.0.1:$PROXY_PORT" "/v1/realtime?model=gpt-realtime" "$TOKEN" "$WS_SESSIONS" 3 > "$work/ws.out" &
-hold=$!
-peak=$before
-while kill -0 "$hold" 2>/dev/null; do
-  r=$(rss_kib "$PROXY_PID"); [ "$r" -gt "$peak" ] && peak=$r
-  sleep 0.1
-done
-wait "$hold" || true
-add g_ready proxy "$(awk '{print $2}' "$work/ws.out")"
-add g_errors proxy "$(awk '{print $4}' "$work/ws.out")"
-add g_kib_per_session proxy "$(python3 -c "print(round(($peak-$before)/$WS_SESSIONS,1))")"
-sleep 2
 
 # (e) 1 GiB up and down: MiB/s and the server's peak RSS growth.
 truncate -s "$ONE_GIB" "$work/1g.bin"

@@ -255,3 +255,36 @@ async fn more_sessions_than_awcs_default_pool_limit_are_held() {
         assert_eq!(&head, b"HTTP/1.1 101", "session {i}");
     }
 }
+
+#[actix_web::test]
+async fn graceful_shutdown_closes_sessions_with_1001_at_the_end_of_the_grace_period() {
+    let mock = Mock::start();
+    let mut proxy = Proxy::start(&mock.base(), &[("PROXY__SERVER__SHUTDOWN_GRACE_SECS", "3")]);
+    let (_, mut conn) = awc::Client::new()
+        .ws(ws_url(&proxy))
+        .bearer_auth(TOKEN)
+        .connect()
+        .await
+        .unwrap();
+    next_data(&mut conn).await;
+    proxy.signal("TERM");
+    let signalled = Instant::now();
+    // The session keeps working during the grace period.
+    conn.send(Message::Text("still here".into())).await.unwrap();
+    assert_eq!(next_data(&mut conn).await, Frame::Text("still here".into()));
+    let frame = tokio::time::timeout(Duration::from_secs(6), conn.next())
+        .await
+        .expect("no close frame before the grace period ended");
+    match frame {
+        Some(Ok(Frame::Close(Some(reason)))) => assert_eq!(reason.code, CloseCode::Away),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(1500),
+        "closed too early"
+    );
+    let status = proxy
+        .wait_exit(Duration::from_secs(10))
+        .expect("proxy did not exit after the drain");
+    assert!(status.success());
+}
