@@ -7,7 +7,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use openai_auth_proxy::access::clients::{Client, ClientRegistry, OneOrMany, RawClient};
+use openai_auth_proxy::access::clients::{Client, ClientRegistry, RawClient, token_digest};
 use openai_auth_proxy::cli::hex;
 
 fn registry(n: usize) -> (ClientRegistry, Vec<String>) {
@@ -18,20 +18,8 @@ fn registry(n: usize) -> (ClientRegistry, Vec<String>) {
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            Client::from_raw(RawClient {
-                name: format!("client-{i}"),
-                token_sha256: OneOrMany::One(hex(
-                    &openai_auth_proxy::access::clients::token_digest(t),
-                )),
-                not_before: None,
-                expires_at: None,
-                allowed_models: vec![],
-                allowed_paths: vec![],
-                allowed_ips: vec![],
-                disabled: false,
-                admin: false,
-            })
-            .unwrap()
+            let raw = RawClient::new(&format!("client-{i}"), hex(&token_digest(t)));
+            Client::from_raw(raw).unwrap()
         })
         .collect();
     (ClientRegistry::new(clients).unwrap(), tokens)

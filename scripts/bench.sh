@@ -53,6 +53,15 @@ wait_healthy() { # url
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 nginx_worker() { pgrep -P "$(cat "$work/nginx.pid")" | head -1; }
+peak_rss_while() { # server pid, load pid, starting peak: samples until the load exits
+  local peak=$3 r
+  while kill -0 "$2" 2>/dev/null; do
+    r=$(rss_kib "$1"); [ "$r" -gt "$peak" ] && peak=$r
+    sleep 0.1
+  done
+  wait "$2" || true
+  echo "$peak"
+}
 
 start_proxy() {
   SERVICE_TOKEN=$TOKEN OPENAI_API_KEY=$KEY OPENAI_BASE_URL="http://127.0.0.1:$MOCK_PORT/v1" \
@@ -166,13 +175,7 @@ done
 # whose freed memory would otherwise absorb the growth.
 before=$(rss_kib "$PROXY_PID")
 taskset -c 1 "$CLIENT" ws-hold "127.0.0.1:$PROXY_PORT" "/v1/realtime?model=gpt-realtime" "$TOKEN" "$WS_SESSIONS" 3 > "$work/ws.out" 2>>"$work/client-errors.log" &
-hold=$!
-peak=$before
-while kill -0 "$hold" 2>/dev/null; do
-  r=$(rss_kib "$PROXY_PID"); [ "$r" -gt "$peak" ] && peak=$r
-  sleep 0.1
-done
-wait "$hold" || true
+peak=$(peak_rss_while "$PROXY_PID" $! "$before")
 add g_ready proxy "$(awk '{print $2}' "$work/ws.out")"
 add g_errors proxy "$(awk '{print $4}' "$work/ws.out")"
 add g_kib_per_session proxy "$(python3 -c "print(round(($peak-$before)/$WS_SESSIONS,1))")"
@@ -183,13 +186,7 @@ for t in proxy nginx; do
   pid=$(server_pid "$t")
   before=$(rss_kib "$pid")
   taskset -c 1 "$CLIENT" hold "127.0.0.1:${URL[$t]##*:}" "/v1/sse?n=2&gap_ms=60000" "$TOKEN" "$STREAMS" 3 > "$work/hold.out" 2>>"$work/client-errors.log" &
-  hold=$!
-  peak=$before
-  while kill -0 "$hold" 2>/dev/null; do
-    r=$(rss_kib "$pid"); [ "$r" -gt "$peak" ] && peak=$r
-    sleep 0.1
-  done
-  wait "$hold" || true
+  peak=$(peak_rss_while "$pid" $! "$before")
   add d_ready "$t" "$(awk '{print $2}' "$work/hold.out")"
   add d_errors "$t" "$(awk '{print $4}' "$work/hold.out")"
   add d_mib_per_1000 "$t" "$(python3 -c "print(round(($peak-$before)/1024/($STREAMS/1000),2))")"

@@ -100,15 +100,13 @@ fn dotenv_file_is_read_and_the_environment_wins() {
     );
 }
 
-#[test]
-fn sigterm_drains_in_flight_streams_then_exits_zero() {
-    let mock = Mock::start();
-    let mut proxy = Proxy::start(&mock.base(), &[]);
+/// Opens a stream on a raw connection and returns it with the first bytes read (the head).
+fn open_stream(proxy: &Proxy, path: &str) -> (TcpStream, Vec<u8>) {
     let mut conn = TcpStream::connect(proxy.addr).unwrap();
     std::io::Write::write_all(
         &mut conn,
         format!(
-            "GET /v1/sse?n=10&gap_ms=100 HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
             bearer()
         )
         .as_bytes(),
@@ -117,6 +115,14 @@ fn sigterm_drains_in_flight_streams_then_exits_zero() {
     let mut buf = [0u8; 1024];
     let n = conn.read(&mut buf).unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).contains("200 OK"));
+    (conn, buf[..n].to_vec())
+}
+
+#[test]
+fn sigterm_drains_in_flight_streams_then_exits_zero() {
+    let mock = Mock::start();
+    let mut proxy = Proxy::start(&mock.base(), &[]);
+    let (mut conn, head) = open_stream(&proxy, "/v1/sse?n=10&gap_ms=100");
 
     proxy.signal("TERM");
     let signalled = Instant::now();
@@ -126,7 +132,7 @@ fn sigterm_drains_in_flight_streams_then_exits_zero() {
         "new connections must be refused while draining"
     );
 
-    let mut rest = Vec::from(&buf[..n]);
+    let mut rest = head;
     conn.read_to_end(&mut rest).unwrap();
     let text = String::from_utf8_lossy(&rest);
     assert!(
@@ -155,18 +161,7 @@ fn sigterm_drains_in_flight_streams_then_exits_zero() {
 fn second_sigint_exits_at_once() {
     let mock = Mock::start();
     let mut proxy = Proxy::start(&mock.base(), &[]);
-    let mut conn = TcpStream::connect(proxy.addr).unwrap();
-    std::io::Write::write_all(
-        &mut conn,
-        format!(
-            "GET /v1/endless-stream HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\r\n",
-            bearer()
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    let mut buf = [0u8; 256];
-    let _ = conn.read(&mut buf).unwrap();
+    let _stream = open_stream(&proxy, "/v1/endless-stream");
     proxy.signal("INT");
     std::thread::sleep(Duration::from_millis(300));
     assert!(

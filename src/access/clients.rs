@@ -39,6 +39,23 @@ pub enum OneOrMany {
     Many(Vec<String>),
 }
 
+impl RawClient {
+    /// An unscoped client holding one token digest (hex).
+    pub fn new(name: &str, token_sha256_hex: String) -> Self {
+        RawClient {
+            name: name.to_owned(),
+            token_sha256: OneOrMany::One(token_sha256_hex),
+            not_before: None,
+            expires_at: None,
+            allowed_models: vec![],
+            allowed_paths: vec![],
+            allowed_ips: vec![],
+            disabled: false,
+            admin: false,
+        }
+    }
+}
+
 impl OneOrMany {
     fn into_vec(self) -> Vec<String> {
         match self {
@@ -351,17 +368,7 @@ mod tests {
     }
 
     fn raw(name: &str, token: &str) -> RawClient {
-        RawClient {
-            name: name.into(),
-            token_sha256: OneOrMany::One(hex(token_digest(token))),
-            not_before: None,
-            expires_at: None,
-            allowed_models: vec![],
-            allowed_paths: vec![],
-            allowed_ips: vec![],
-            disabled: false,
-            admin: false,
-        }
+        RawClient::new(name, hex(token_digest(token)))
     }
 
     #[test]
