@@ -12,6 +12,7 @@ use config::{Config, Environment, File, FileFormat};
 use crate::access::AccessPolicy;
 use crate::access::clients::{Client, ClientRegistry, RawClient};
 use crate::access::ip::Cidr;
+use crate::limits::ClientLimits;
 use crate::proxy::encoding::CompressionPolicy;
 use crate::realtime::SessionLimits;
 use serde::Deserialize;
@@ -153,6 +154,14 @@ struct Raw {
     #[serde(default)]
     tls: RawTls,
     realtime: RawRealtime,
+    limits: RawLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    requests_per_minute: u32,
+    max_concurrent: u32,
 }
 
 #[derive(Deserialize)]
@@ -358,11 +367,16 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
             "must differ from OPENAI_API_KEY and OPENAI_ADMIN_KEY (clients would hold an upstream key)",
         ));
     }
+    let default_limits = ClientLimits {
+        requests_per_minute: Some(raw.limits.requests_per_minute),
+        max_concurrent: Some(raw.limits.max_concurrent),
+    };
     let access = validate_access(
         raw.access,
         raw.clients,
         service_token.as_ref(),
         admin_key.is_some(),
+        default_limits,
     )?;
     let base_url = validate_base_url(&raw.upstream.base_url)?;
     let tls = validate_tls(raw.tls)?;
@@ -454,6 +468,7 @@ fn validate_access(
     clients: Vec<RawClient>,
     service_token: Option<&Secret>,
     admin_key_set: bool,
+    default_limits: ClientLimits,
 ) -> Result<(AccessPolicy, u64), ConfigError> {
     let cidrs = |list: ListSetting, name: &str| {
         list.items()
@@ -485,6 +500,7 @@ fn validate_access(
             "access.max_inspect_body_bytes",
         )? as usize,
         admin_paths_restricted: admin_key_set,
+        default_limits,
     };
     Ok((policy, raw.reload_poll_secs))
 }

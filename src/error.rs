@@ -17,6 +17,8 @@ pub enum ApiError {
     Forbidden(&'static str, String),
     PayloadTooLarge(String),
     UpstreamUnreachable(String),
+    /// Over one of the client's limits.
+    RateLimited(crate::limits::Refusal),
     /// The upstream answered a WebSocket upgrade with this status instead of 101.
     UpstreamRefused(StatusCode),
     UpstreamTimeout(String),
@@ -59,6 +61,16 @@ impl ApiError {
             ApiError::Forbidden(code, m) => (m, "invalid_request_error", code),
             ApiError::PayloadTooLarge(m) => (m, "invalid_request_error", "request_too_large"),
             ApiError::UpstreamUnreachable(m) => (m, "server_error", "upstream_unreachable"),
+            ApiError::RateLimited(crate::limits::Refusal::Requests { .. }) => (
+                "Rate limit reached for requests per minute for this client. Retry after the time in Retry-After.",
+                "rate_limit_exceeded",
+                "rate_limit_exceeded",
+            ),
+            ApiError::RateLimited(crate::limits::Refusal::Concurrency { .. }) => (
+                "Too many concurrent requests for this client. Retry when one has finished.",
+                "rate_limit_exceeded",
+                "rate_limit_exceeded",
+            ),
             ApiError::UpstreamRefused(_) => (
                 "The upstream refused the WebSocket upgrade with this status.",
                 "server_error",
@@ -87,6 +99,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamRefused(status) => *status,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -95,8 +108,12 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let (message, kind, code) = self.parts();
         let mut res = HttpResponse::build(self.status_code());
-        if *self == ApiError::Unauthorized {
-            res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        match self {
+            ApiError::Unauthorized => {
+                res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            ApiError::RateLimited(refusal) => rate_limit_headers(&mut res, refusal),
+            _ => {}
         }
         res.json(Body {
             error: Detail {
@@ -106,6 +123,27 @@ impl ResponseError for ApiError {
                 code,
             },
         })
+    }
+}
+
+fn rate_limit_headers(res: &mut actix_web::HttpResponseBuilder, refusal: &crate::limits::Refusal) {
+    use crate::limits::{Refusal, format_reset};
+    match refusal {
+        Refusal::Requests {
+            limit,
+            remaining,
+            reset,
+            retry_after,
+        } => {
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            res.insert_header((header::RETRY_AFTER, secs.max(1).to_string()))
+                .insert_header(("x-ratelimit-limit-requests", limit.to_string()))
+                .insert_header(("x-ratelimit-remaining-requests", remaining.to_string()))
+                .insert_header(("x-ratelimit-reset-requests", format_reset(*reset)));
+        }
+        Refusal::Concurrency { .. } => {
+            res.insert_header((header::RETRY_AFTER, "1"));
+        }
     }
 }
 

@@ -5,6 +5,7 @@ pub mod access;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod proxy;
 pub mod realtime;
 pub mod reload;

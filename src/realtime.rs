@@ -12,6 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::watch;
 
 use crate::error::ApiError;
+use crate::limits::InFlight;
 use crate::proxy::headers::copy_request_headers;
 
 /// Browsers cannot set headers on a WebSocket, so OpenAI's SDKs put the key in a subprotocol.
@@ -26,6 +27,14 @@ pub struct SessionLimits {
     pub idle_timeout: Duration,
     pub max_session: Duration,
     pub max_frame_bytes: usize,
+}
+
+/// What a session runs under: its limits, the drain signal, and the client's concurrency slot
+/// (held until the session ends).
+pub struct SessionTerms {
+    pub limits: SessionLimits,
+    pub draining: Option<watch::Receiver<bool>>,
+    pub slot: InFlight,
 }
 
 /// True for an HTTP/1.1 upgrade request to a WebSocket.
@@ -75,9 +84,13 @@ pub async fn bridge_upgrade(
     client: &awc::Client,
     upstream_url: String,
     authorization: &HeaderValue,
-    limits: SessionLimits,
-    draining: Option<watch::Receiver<bool>>,
+    terms: SessionTerms,
 ) -> Result<HttpResponse, ApiError> {
+    let SessionTerms {
+        limits,
+        draining,
+        slot,
+    } = terms;
     let mut copied = HeaderMap::new();
     copy_request_headers(req.headers(), &mut copied);
     let mut upstream = client
@@ -121,7 +134,11 @@ pub async fn bridge_upgrade(
             .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol.clone());
     }
     let messages = messages.max_frame_size(limits.max_frame_bytes);
-    actix_web::rt::spawn(bridge(session, messages, framed, limits, draining));
+    actix_web::rt::spawn(async move {
+        bridge(session, messages, framed, limits, draining).await;
+        // The session counted against the client's concurrency until now.
+        drop(slot);
+    });
     Ok(response)
 }
 

@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::ip::{Cidr, any_contains};
+use crate::limits::ClientLimits;
 
 /// A client as written in the configuration (config files or `CLIENTS_FILE`).
 #[derive(Debug, Clone, Deserialize)]
@@ -30,6 +31,8 @@ pub struct RawClient {
     pub disabled: bool,
     #[serde(default)]
     pub admin: bool,
+    pub requests_per_minute: Option<u32>,
+    pub max_concurrent: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +55,8 @@ impl RawClient {
             allowed_ips: vec![],
             disabled: false,
             admin: false,
+            requests_per_minute: None,
+            max_concurrent: None,
         }
     }
 }
@@ -85,6 +90,8 @@ impl ModelPattern {
 pub struct Client {
     pub name: String,
     pub admin: bool,
+    /// The client's own limits; the policy's defaults fill the gaps.
+    pub limits: ClientLimits,
     digests: Vec<[u8; 32]>,
     not_before: Option<OffsetDateTime>,
     expires_at: Option<OffsetDateTime>,
@@ -231,8 +238,13 @@ impl Client {
                 v.join(",")
             }
         };
+        let limits = ClientLimits {
+            requests_per_minute: raw.requests_per_minute,
+            max_concurrent: raw.max_concurrent,
+        };
+        let limit = |v: Option<u32>| v.map_or("default".to_owned(), |n| n.to_string());
         let summary = format!(
-            "tokens={} not_before={} expires_at={} models={} paths={} ips={} admin={} disabled={}",
+            "tokens={} not_before={} expires_at={} models={} paths={} ips={} admin={} disabled={} rpm={} max_concurrent={}",
             digests.len(),
             fmt_time(&not_before),
             fmt_time(&expires_at),
@@ -241,10 +253,13 @@ impl Client {
             list(&ips.iter().map(|c| c.to_string()).collect::<Vec<_>>()),
             raw.admin,
             raw.disabled,
+            limit(limits.requests_per_minute),
+            limit(limits.max_concurrent),
         );
         Ok(Client {
             name,
             admin: raw.admin,
+            limits,
             digests,
             not_before,
             expires_at,
@@ -261,6 +276,7 @@ impl Client {
         Client {
             name: "default".into(),
             admin: false,
+            limits: ClientLimits::default(),
             digests: vec![token_digest(token)],
             not_before: None,
             expires_at: None,

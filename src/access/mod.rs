@@ -26,6 +26,8 @@ pub struct AccessPolicy {
     pub max_inspect_body_bytes: usize,
     /// With an admin key configured, only admin clients may reach `/v1/organization/`.
     pub admin_paths_restricted: bool,
+    /// Limits for clients that set none of their own.
+    pub default_limits: crate::limits::ClientLimits,
 }
 
 /// The policy in force; requests load it without locking, reloads store a new one.

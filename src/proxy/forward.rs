@@ -23,7 +23,8 @@ use crate::access::model_scope::{
 use crate::access::{ADMIN_PREFIX, AccessPolicy, Caller, SharedPolicy};
 use crate::config::{Secret, UpstreamSettings};
 use crate::error::ApiError;
-use crate::realtime::{SessionLimits, bridge_upgrade, is_websocket_upgrade};
+use crate::limits::{ClientLimits, InFlight, LocalLimiter};
+use crate::realtime::{SessionLimits, SessionTerms, bridge_upgrade, is_websocket_upgrade};
 use tokio::sync::watch;
 
 static OPENAI_ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
@@ -219,10 +220,13 @@ pub async fn forward(
     mut payload: web::Payload,
     forwarder: web::Data<Forwarder>,
     policy: web::Data<SharedPolicy>,
+    limiter: web::Data<LocalLimiter>,
 ) -> Result<HttpResponse, ApiError> {
     let plan = &forwarder.plan;
     let path = req.path();
     let uri = upstream_uri(&plan.base, path, req.uri().query())?;
+    // Held until the response (a stream, a session) has ended.
+    let slot = admit(&req, &policy, &limiter)?;
     // The guard let only admin clients through to the admin API when an admin key is set.
     let authorization = match &plan.admin_authorization {
         Some(admin) if path.starts_with(ADMIN_PREFIX) => admin,
@@ -240,8 +244,11 @@ pub async fn forward(
             &forwarder.ws_client,
             ws_url,
             authorization,
-            forwarder.limits,
-            forwarder.draining.clone(),
+            SessionTerms {
+                limits: forwarder.limits,
+                draining: forwarder.draining.clone(),
+                slot,
+            },
         )
         .await;
     }
@@ -299,7 +306,21 @@ pub async fn forward(
         log::warn!("{} {}: {err}", req.method(), req.path());
         err
     })?;
-    Ok(relay(&req, response, plan.compression))
+    Ok(relay(&req, response, plan.compression, slot))
+}
+
+fn admit(
+    req: &HttpRequest,
+    policy: &SharedPolicy,
+    limiter: &LocalLimiter,
+) -> Result<InFlight, ApiError> {
+    let Some(caller) = req.extensions().get::<Caller>().cloned() else {
+        return Ok(InFlight::none());
+    };
+    let limits = ClientLimits::with_defaults(caller.client.limits, policy.load().default_limits);
+    limiter
+        .admit(&caller.client.name, limits)
+        .map_err(ApiError::RateLimited)
 }
 
 /// Turns the upstream response into ours: status and filtered headers as they are, the body
@@ -308,6 +329,7 @@ fn relay(
     req: &HttpRequest,
     mut upstream: awc::ClientResponse<Decoder<actix_http::Payload>>,
     compression: CompressionPolicy,
+    slot: InFlight,
 ) -> HttpResponse {
     let status = upstream.status();
     let upstream_headers = upstream.headers();
@@ -326,6 +348,8 @@ fn relay(
 
     let mut builder = HttpResponse::build(status);
     let payload = upstream.take_payload().take_while(move |item| {
+        // Owning the client's concurrency slot here keeps it taken until the body is done.
+        let _slot = &slot;
         // EOF ends only a body framed by EOF; anywhere else it stays an error (strict_eof.rs).
         let clean_end = eof_delimited
             && matches!(item, Err(PayloadError::Io(e) | PayloadError::Incomplete(Some(e))) if is_upstream_eof(e));
