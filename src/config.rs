@@ -12,7 +12,7 @@ use config::{Config, Environment, File, FileFormat};
 use crate::access::AccessPolicy;
 use crate::access::clients::{Client, ClientRegistry, RawClient};
 use crate::access::ip::Cidr;
-use crate::limits::ClientLimits;
+use crate::limits::{ClientLimits, FailMode, RedisStore};
 use crate::proxy::encoding::CompressionPolicy;
 use crate::realtime::SessionLimits;
 use serde::Deserialize;
@@ -36,6 +36,7 @@ const PLAIN_NAMES: &[(&str, &str)] = &[
     ("TLS_CLIENT_CA_PATH", "tls.client_ca_path"),
     ("OPENAI_ADMIN_KEY", "upstream.admin_key"),
     ("CLIENTS_FILE", "access.clients_file"),
+    ("REDIS_URL", "limits.redis_url"),
 ];
 
 const MIN_TOKEN_LEN: usize = 16;
@@ -98,6 +99,8 @@ pub struct Settings {
     pub access_log_format: String,
     pub tls: Option<TlsPaths>,
     pub realtime: SessionLimits,
+    /// Redis URL, fail mode and per-call timeout, when limits are shared across replicas.
+    pub limits_store: Option<(String, FailMode, Duration)>,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +165,9 @@ struct Raw {
 struct RawLimits {
     requests_per_minute: u32,
     max_concurrent: u32,
+    redis_url: Option<String>,
+    redis_fail_mode: String,
+    redis_timeout_ms: u64,
 }
 
 #[derive(Deserialize)]
@@ -454,6 +460,7 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
         upstream,
         access_log_format: validate_log_format(raw.log.access_format)?,
         tls,
+        limits_store: validate_limits_store(raw.limits)?,
         realtime: SessionLimits {
             idle_timeout: secs(raw.realtime.idle_timeout_secs, "realtime.idle_timeout_secs")?,
             max_session: secs(raw.realtime.max_session_secs, "realtime.max_session_secs")?,
@@ -503,6 +510,34 @@ fn validate_access(
         default_limits,
     };
     Ok((policy, raw.reload_poll_secs))
+}
+
+fn validate_limits_store(
+    raw: RawLimits,
+) -> Result<Option<(String, FailMode, Duration)>, ConfigError> {
+    let Some(url) = raw.redis_url.filter(|u| !u.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let url = url.trim().to_owned();
+    if let Err(e) = RedisStore::new(&url, Duration::from_millis(1)) {
+        return Err(ConfigError::new(
+            "REDIS_URL",
+            e.trim_start_matches("invalid setting REDIS_URL: ")
+                .to_owned(),
+        ));
+    }
+    let mode = match raw.redis_fail_mode.as_str() {
+        "fail_open" => FailMode::Open,
+        "fail_closed" => FailMode::Closed,
+        other => {
+            return Err(ConfigError::new(
+                "limits.redis_fail_mode",
+                format!("`{other}` is neither fail_open nor fail_closed"),
+            ));
+        }
+    };
+    let timeout = Duration::from_millis(positive(raw.redis_timeout_ms, "limits.redis_timeout_ms")?);
+    Ok(Some((url, mode, timeout)))
 }
 
 fn required_secret(value: Option<String>, name: &str) -> Result<Secret, ConfigError> {

@@ -71,6 +71,11 @@ impl ApiError {
                 "rate_limit_exceeded",
                 "rate_limit_exceeded",
             ),
+            ApiError::RateLimited(crate::limits::Refusal::StoreUnavailable) => (
+                "The rate-limit store is unavailable; try again shortly.",
+                "server_error",
+                "limits_unavailable",
+            ),
             ApiError::UpstreamRefused(_) => (
                 "The upstream refused the WebSocket upgrade with this status.",
                 "server_error",
@@ -99,6 +104,9 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamRefused(status) => *status,
+            ApiError::RateLimited(crate::limits::Refusal::StoreUnavailable) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -141,7 +149,7 @@ fn rate_limit_headers(res: &mut actix_web::HttpResponseBuilder, refusal: &crate:
                 .insert_header(("x-ratelimit-remaining-requests", remaining.to_string()))
                 .insert_header(("x-ratelimit-reset-requests", format_reset(*reset)));
         }
-        Refusal::Concurrency { .. } => {
+        Refusal::Concurrency { .. } | Refusal::StoreUnavailable => {
             res.insert_header((header::RETRY_AFTER, "1"));
         }
     }

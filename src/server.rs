@@ -13,7 +13,7 @@ use crate::access::guard;
 use crate::access::{Caller, SharedPolicy};
 use crate::config::Settings;
 use crate::error::ApiError;
-use crate::limits::LocalLimiter;
+use crate::limits::{Limiter, RedisStore};
 use crate::proxy::forward::{Forwarder, IDENTITY, UpstreamPlan, forward};
 use crate::reload::{PolicyReload, Reloader};
 use crate::tls::{SwappableCert, load_certified_key, server_config};
@@ -42,7 +42,11 @@ pub fn run(settings: Settings, dir: std::path::PathBuf) -> Result<(), String> {
     let policy: SharedPolicy = Arc::new(ArcSwap::from_pointee(settings.access));
     let policy_data = web::Data::new(Arc::clone(&policy));
     // One limiter for all workers, so a client's limits hold for the whole process.
-    let limiter = web::Data::new(LocalLimiter::default());
+    let store = match &settings.limits_store {
+        None => None,
+        Some((url, mode, timeout)) => Some((RedisStore::new(url, *timeout)?, *mode)),
+    };
+    let limiter = web::Data::new(Limiter::new(store));
     let log_format = settings.access_log_format.clone();
     let realtime = settings.realtime;
     // Flips to true when a drain's grace period ends: open WebSockets then close with 1001.

@@ -1,12 +1,96 @@
-//! Per-client limits: requests per minute and concurrent requests, enforced in-process and
-//! shared by all workers. (A Redis-backed store for several replicas, and token limits from
-//! usage, are the next steps; see README.)
+//! Per-client limits: requests per minute (in-process, or in Redis shared by every replica)
+//! and concurrent requests (per process). Token limits from usage are the next step.
 
 mod local;
+mod redis;
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 pub use local::{InFlight, LocalLimiter};
+pub use redis::RedisStore;
+
+/// What to do while Redis cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Enforce the limit in this process alone until Redis is back.
+    Open,
+    /// Refuse requests whose limit cannot be checked (503).
+    Closed,
+}
+
+/// The limiter the forwarder asks: concurrency in-process, the request rate in Redis when one
+/// is configured, else in-process.
+pub struct Limiter {
+    local: LocalLimiter,
+    shared: Option<(RedisStore, FailMode)>,
+    last_warning_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Limiter {
+    pub fn new(shared: Option<(RedisStore, FailMode)>) -> Self {
+        Self {
+            local: LocalLimiter::default(),
+            shared,
+            last_warning_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    pub async fn admit(&self, client: &str, limits: ClientLimits) -> Result<InFlight, Refusal> {
+        let Some((store, mode)) = &self.shared else {
+            return self.local.admit(client, limits);
+        };
+        let slot = self.local.admit(
+            client,
+            ClientLimits {
+                requests_per_minute: None,
+                ..limits
+            },
+        )?;
+        let Some(rpm) = limits.requests_per_minute else {
+            return Ok(slot);
+        };
+        match store.check_rate(client, rpm).await {
+            Ok(verdict) => verdict.map(|()| slot),
+            Err(why) => {
+                self.warn(&why);
+                match mode {
+                    FailMode::Open => self
+                        .local
+                        .admit(
+                            client,
+                            ClientLimits {
+                                requests_per_minute: Some(rpm),
+                                max_concurrent: None,
+                            },
+                        )
+                        .map(|_| slot),
+                    FailMode::Closed => Err(Refusal::StoreUnavailable),
+                }
+            }
+        }
+    }
+
+    /// At most one warning every 10 s: an outage must not flood the log.
+    fn warn(&self, why: &str) {
+        let now = self.epoch.elapsed().as_millis() as u64 + 10_000;
+        let last = self.last_warning_ms.load(Ordering::Relaxed);
+        if now >= last + 10_000
+            && self
+                .last_warning_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let fallback = match self.shared.as_ref().map(|(_, m)| *m) {
+                Some(FailMode::Closed) => "refusing rate-limited requests (fail_closed)",
+                _ => "limiting in this process only (fail_open)",
+            };
+            log::warn!("Redis limits store unavailable ({why}); {fallback}");
+        }
+    }
+}
 
 /// A client's limits after defaults; `None` = unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -45,6 +129,8 @@ pub enum Refusal {
     Concurrency {
         limit: u32,
     },
+    /// The shared store is down and the fail mode is closed.
+    StoreUnavailable,
 }
 
 /// OpenAI's duration format in `x-ratelimit-reset-*`: `350ms`, `17s`, `6m0s`.

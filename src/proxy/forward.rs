@@ -23,7 +23,7 @@ use crate::access::model_scope::{
 use crate::access::{ADMIN_PREFIX, AccessPolicy, Caller, SharedPolicy};
 use crate::config::{Secret, UpstreamSettings};
 use crate::error::ApiError;
-use crate::limits::{ClientLimits, InFlight, LocalLimiter};
+use crate::limits::{ClientLimits, InFlight, Limiter};
 use crate::realtime::{SessionLimits, SessionTerms, bridge_upgrade, is_websocket_upgrade};
 use tokio::sync::watch;
 
@@ -220,13 +220,13 @@ pub async fn forward(
     mut payload: web::Payload,
     forwarder: web::Data<Forwarder>,
     policy: web::Data<SharedPolicy>,
-    limiter: web::Data<LocalLimiter>,
+    limiter: web::Data<Limiter>,
 ) -> Result<HttpResponse, ApiError> {
     let plan = &forwarder.plan;
     let path = req.path();
     let uri = upstream_uri(&plan.base, path, req.uri().query())?;
     // Held until the response (a stream, a session) has ended.
-    let slot = admit(&req, &policy, &limiter)?;
+    let slot = admit(&req, &policy, &limiter).await?;
     // The guard let only admin clients through to the admin API when an admin key is set.
     let authorization = match &plan.admin_authorization {
         Some(admin) if path.starts_with(ADMIN_PREFIX) => admin,
@@ -309,10 +309,10 @@ pub async fn forward(
     Ok(relay(&req, response, plan.compression, slot))
 }
 
-fn admit(
+async fn admit(
     req: &HttpRequest,
     policy: &SharedPolicy,
-    limiter: &LocalLimiter,
+    limiter: &Limiter,
 ) -> Result<InFlight, ApiError> {
     let Some(caller) = req.extensions().get::<Caller>().cloned() else {
         return Ok(InFlight::none());
@@ -320,6 +320,7 @@ fn admit(
     let limits = ClientLimits::with_defaults(caller.client.limits, policy.load().default_limits);
     limiter
         .admit(&caller.client.name, limits)
+        .await
         .map_err(ApiError::RateLimited)
 }
 
