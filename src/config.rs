@@ -37,6 +37,7 @@ const PLAIN_NAMES: &[(&str, &str)] = &[
     ("OPENAI_ADMIN_KEY", "upstream.admin_key"),
     ("CLIENTS_FILE", "access.clients_file"),
     ("REDIS_URL", "limits.redis_url"),
+    ("METRICS_TOKEN", "metrics.token"),
 ];
 
 const MIN_TOKEN_LEN: usize = 16;
@@ -99,6 +100,7 @@ pub struct Settings {
     pub access_log_format: String,
     pub tls: Option<TlsPaths>,
     pub realtime: SessionLimits,
+    pub metrics: MetricsSettings,
     /// Redis URL, fail mode and per-call timeout, when limits are shared across replicas.
     pub limits_store: Option<(String, FailMode, Duration)>,
 }
@@ -133,6 +135,14 @@ pub struct UpstreamSettings {
 }
 
 #[derive(Debug, Clone)]
+pub struct MetricsSettings {
+    pub enabled: bool,
+    /// A separate plain-HTTP listener for /metrics; `None`: the main listener serves it.
+    pub bind: Option<std::net::SocketAddr>,
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
 pub struct TlsPaths {
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
@@ -158,6 +168,15 @@ struct Raw {
     tls: RawTls,
     realtime: RawRealtime,
     limits: RawLimits,
+    metrics: RawMetrics,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    enabled: bool,
+    bind: String,
+    token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -461,6 +480,21 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
         access_log_format: validate_log_format(raw.log.access_format)?,
         tls,
         limits_store: validate_limits_store(raw.limits)?,
+        metrics: MetricsSettings {
+            enabled: raw.metrics.enabled,
+            bind: match raw.metrics.bind.trim() {
+                "" => None,
+                addr => Some(addr.parse().map_err(|_| {
+                    ConfigError::new("metrics.bind", format!("`{addr}` is not an address:port"))
+                })?),
+            },
+            token: raw
+                .metrics
+                .token
+                .filter(|t| !t.is_empty())
+                .map(|t| required_secret(Some(t), "METRICS_TOKEN"))
+                .transpose()?,
+        },
         realtime: SessionLimits {
             idle_timeout: secs(raw.realtime.idle_timeout_secs, "realtime.idle_timeout_secs")?,
             max_session: secs(raw.realtime.max_session_secs, "realtime.max_session_secs")?,

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod limits;
+pub mod observe;
 pub mod proxy;
 pub mod realtime;
 pub mod reload;

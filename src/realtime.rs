@@ -35,6 +35,7 @@ pub struct SessionTerms {
     pub limits: SessionLimits,
     pub draining: Option<watch::Receiver<bool>>,
     pub slot: InFlight,
+    pub metrics: std::sync::Arc<crate::observe::metrics::Metrics>,
 }
 
 /// True for an HTTP/1.1 upgrade request to a WebSocket.
@@ -90,6 +91,7 @@ pub async fn bridge_upgrade(
         limits,
         draining,
         slot,
+        metrics,
     } = terms;
     let mut copied = HeaderMap::new();
     copy_request_headers(req.headers(), &mut copied);
@@ -134,8 +136,10 @@ pub async fn bridge_upgrade(
             .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol.clone());
     }
     let messages = messages.max_frame_size(limits.max_frame_bytes);
+    let gauge = crate::proxy::forward::StreamGauge::open(Some(metrics));
     actix_web::rt::spawn(async move {
         bridge(session, messages, framed, limits, draining).await;
+        drop(gauge);
         // The session counted against the client's concurrency until now.
         drop(slot);
     });

@@ -9,15 +9,20 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use actix_web_httpauth::middleware::HttpAuthentication;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+use crate::access::clients::token_digest;
 use crate::access::guard;
 use crate::access::{Caller, SharedPolicy};
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::limits::{Limiter, RedisStore};
+use crate::observe::metrics::{
+    Metrics, MetricsAccess, Recorded, endpoint as metrics_endpoint, path_group,
+};
 use crate::proxy::forward::{Forwarder, IDENTITY, UpstreamPlan, forward};
 use crate::reload::{PolicyReload, Reloader};
 use crate::tls::{SwappableCert, load_certified_key, server_config};
 use actix_web::HttpMessage;
+use actix_web::body::BoxBody;
 use actix_web::dev::Service;
 use actix_web::http::header;
 use arc_swap::ArcSwap;
@@ -47,6 +52,17 @@ pub fn run(settings: Settings, dir: std::path::PathBuf) -> Result<(), String> {
         Some((url, mode, timeout)) => Some((RedisStore::new(url, *timeout)?, *mode)),
     };
     let limiter = web::Data::new(Limiter::new(store));
+    let metrics = web::Data::new(Metrics::default());
+    let metrics_access = web::Data::new(MetricsAccess(
+        settings
+            .metrics
+            .token
+            .as_ref()
+            .map(|t| token_digest(t.expose())),
+    ));
+    let metrics_on_main = settings.metrics.enabled && settings.metrics.bind.is_none();
+    let metrics_mw = metrics.clone();
+    let (metrics_main, access_main) = (metrics.clone(), metrics_access.clone());
     let log_format = settings.access_log_format.clone();
     let realtime = settings.realtime;
     // Flips to true when a drain's grace period ends: open WebSockets then close with 1001.
@@ -77,9 +93,12 @@ pub fn run(settings: Settings, dir: std::path::PathBuf) -> Result<(), String> {
             ),
         )?;
         let server = HttpServer::new(move || {
+            let recorder = metrics_mw.clone();
             App::new()
                 .app_data(policy_data.clone())
                 .app_data(limiter.clone())
+                .app_data(metrics_main.clone())
+                .app_data(access_main.clone())
                 .app_data(web::Data::new(Forwarder::new(
                     Arc::clone(&plan),
                     realtime,
@@ -98,6 +117,39 @@ pub fn run(settings: Settings, dir: std::path::PathBuf) -> Result<(), String> {
                         res
                     })
                 })
+                .wrap_fn(move |req, srv| {
+                    let recorder = recorder.clone();
+                    let group = path_group(req.path());
+                    let started = std::time::Instant::now();
+                    recorder.request_started();
+                    let response = srv.call(req);
+                    async move {
+                        match response.await {
+                            Ok(res) => {
+                                let status = res.status().as_u16();
+                                let client = res
+                                    .request()
+                                    .extensions()
+                                    .get::<Caller>()
+                                    .map_or_else(|| "-".to_owned(), |c| c.client.name.clone());
+                                Ok(res.map_body(move |_, body| {
+                                    Recorded::new(BoxBody::new(body), move || {
+                                        recorder.request_finished(
+                                            &client,
+                                            group,
+                                            status,
+                                            started.elapsed(),
+                                        )
+                                    })
+                                }))
+                            }
+                            Err(e) => {
+                                recorder.request_finished("-", group, 500, started.elapsed());
+                                Err(e)
+                            }
+                        }
+                    }
+                })
                 .wrap(
                     Logger::new(&log_format)
                         .custom_request_replace("method", |req| req.method().to_string())
@@ -113,6 +165,11 @@ pub fn run(settings: Settings, dir: std::path::PathBuf) -> Result<(), String> {
                         .route(web::get().to(healthz))
                         .route(web::head().to(healthz)),
                 )
+                .configure(|cfg| {
+                    if metrics_on_main {
+                        cfg.route("/metrics", web::get().to(metrics_endpoint));
+                    }
+                })
                 // Before the scope, so a bare /v1 is a 404 and never reaches the guard.
                 .service(web::resource(["/v1", "/v1/"]).to(not_found))
                 .service(
@@ -146,12 +203,38 @@ pub fn run(settings: Settings, dir: std::path::PathBuf) -> Result<(), String> {
             settings.upstream.base_url,
             s.workers
         );
+        let metrics_server = match settings.metrics.bind.filter(|_| settings.metrics.enabled) {
+            None => None,
+            Some(addr) => {
+                let (metrics, access) = (metrics.clone(), metrics_access.clone());
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(metrics.clone())
+                        .app_data(access.clone())
+                        .route("/metrics", web::get().to(metrics_endpoint))
+                })
+                .workers(1)
+                .disable_signals()
+                .bind(addr)
+                .map_err(|e| format!("cannot listen on {addr} (metrics.bind): {e}"))?;
+                log::info!("metrics on http://{addr}/metrics");
+                Some(server.run())
+            }
+        };
         let server = server.run();
+        let metrics_handle = metrics_server.map(|m| {
+            let handle = m.handle();
+            actix_web::rt::spawn(m);
+            handle
+        });
         actix_web::rt::spawn(reloader.run());
         actix_web::rt::spawn(signals.drive(server.handle(), s.shutdown_grace, draining_tx));
         server
             .await
             .map_err(|e| format!("server stopped with an error: {e}"))?;
+        if let Some(handle) = metrics_handle {
+            handle.stop(true).await;
+        }
         log::info!("shut down cleanly");
         Ok(())
     })

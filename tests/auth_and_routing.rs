@@ -103,7 +103,7 @@ fn healthz_and_unknown_paths() {
         "/v2/models",
         "/v1x/models",
         "/healthzz",
-        "/metrics",
+        "/metricsz",
     ] {
         for headers in [vec![], vec![auth.as_str()]] {
             let res = get(&proxy, path, &headers);

@@ -214,7 +214,7 @@ fn part_name(headers: &[u8]) -> Option<String> {
 }
 
 /// A refused model, noted by the body stream for the handler to answer 403 with.
-pub type Refusal = Rc<RefCell<Option<String>>>;
+pub type ModelRefusal = Rc<RefCell<Option<String>>>;
 
 /// Passes a multipart body through unchanged while scanning it for the `model` field. On a
 /// model outside the client's scope it ends the upload with an error (the upstream never sees
@@ -223,11 +223,11 @@ pub struct MultipartModelCheck<S> {
     inner: S,
     scanner: Option<MultipartScanner>,
     client: Arc<Client>,
-    refusal: Refusal,
+    refusal: ModelRefusal,
 }
 
 impl<S> MultipartModelCheck<S> {
-    pub fn new(inner: S, boundary: &str, client: Arc<Client>, refusal: Refusal) -> Self {
+    pub fn new(inner: S, boundary: &str, client: Arc<Client>, refusal: ModelRefusal) -> Self {
         Self {
             inner,
             scanner: Some(MultipartScanner::new(boundary)),

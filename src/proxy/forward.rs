@@ -18,13 +18,15 @@ use super::headers::{copy_request_headers, copy_response_headers};
 use super::strict_eof::{StrictEofConnector, is_upstream_eof};
 use super::upstream_url::upstream_uri;
 use crate::access::model_scope::{
-    BodyShape, MultipartModelCheck, Refusal, body_shape, json_model, read_json,
+    BodyShape, ModelRefusal, MultipartModelCheck, body_shape, json_model, read_json,
 };
 use crate::access::{ADMIN_PREFIX, AccessPolicy, Caller, SharedPolicy};
 use crate::config::{Secret, UpstreamSettings};
 use crate::error::ApiError;
-use crate::limits::{ClientLimits, InFlight, Limiter};
+use crate::limits::{ClientLimits, InFlight, Limiter, Refusal};
+use crate::observe::metrics::Metrics;
 use crate::realtime::{SessionLimits, SessionTerms, bridge_upgrade, is_websocket_upgrade};
+use std::time::Instant;
 use tokio::sync::watch;
 
 static OPENAI_ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
@@ -184,7 +186,7 @@ impl RequestBody {
 enum Inspection {
     None,
     Json(Arc<crate::access::clients::Client>, usize),
-    Multipart(Arc<crate::access::clients::Client>, String, Refusal),
+    Multipart(Arc<crate::access::clients::Client>, String, ModelRefusal),
 }
 
 impl Inspection {
@@ -201,7 +203,7 @@ impl Inspection {
         match body_shape(req.headers()) {
             BodyShape::Json => Inspection::Json(client, policy.max_inspect_body_bytes),
             BodyShape::Multipart(boundary) => {
-                Inspection::Multipart(client, boundary, Refusal::default())
+                Inspection::Multipart(client, boundary, ModelRefusal::default())
             }
             BodyShape::Other => Inspection::None,
         }
@@ -221,12 +223,14 @@ pub async fn forward(
     forwarder: web::Data<Forwarder>,
     policy: web::Data<SharedPolicy>,
     limiter: web::Data<Limiter>,
+    metrics: web::Data<Metrics>,
 ) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
     let plan = &forwarder.plan;
     let path = req.path();
     let uri = upstream_uri(&plan.base, path, req.uri().query())?;
     // Held until the response (a stream, a session) has ended.
-    let slot = admit(&req, &policy, &limiter).await?;
+    let slot = admit(&req, &policy, &limiter, &metrics).await?;
     // The guard let only admin clients through to the admin API when an admin key is set.
     let authorization = match &plan.admin_authorization {
         Some(admin) if path.starts_with(ADMIN_PREFIX) => admin,
@@ -248,6 +252,7 @@ pub async fn forward(
                 limits: forwarder.limits,
                 draining: forwarder.draining.clone(),
                 slot,
+                metrics: metrics.clone().into_inner(),
             },
         )
         .await;
@@ -303,16 +308,28 @@ pub async fn forward(
             return model_refused(&model);
         }
         let err = map_send_error(e, plan.settings.first_byte_timeout);
+        metrics.upstream_error(match &err {
+            ApiError::UpstreamTimeout(_) => "timeout",
+            _ => "connect",
+        });
         log::warn!("{} {}: {err}", req.method(), req.path());
         err
     })?;
-    Ok(relay(&req, response, plan.compression, slot))
+    metrics.first_byte(started.elapsed());
+    Ok(relay(
+        &req,
+        response,
+        plan.compression,
+        slot,
+        metrics.into_inner(),
+    ))
 }
 
 async fn admit(
     req: &HttpRequest,
     policy: &SharedPolicy,
     limiter: &Limiter,
+    metrics: &Metrics,
 ) -> Result<InFlight, ApiError> {
     let Some(caller) = req.extensions().get::<Caller>().cloned() else {
         return Ok(InFlight::none());
@@ -321,7 +338,17 @@ async fn admit(
     limiter
         .admit(&caller.client.name, limits)
         .await
-        .map_err(ApiError::RateLimited)
+        .map_err(|refusal| {
+            metrics.rate_limited(
+                &caller.client.name,
+                match refusal {
+                    Refusal::Requests { .. } => "requests",
+                    Refusal::Concurrency { .. } => "concurrency",
+                    Refusal::StoreUnavailable => "store_unavailable",
+                },
+            );
+            ApiError::RateLimited(refusal)
+        })
 }
 
 /// Turns the upstream response into ours: status and filtered headers as they are, the body
@@ -331,6 +358,7 @@ fn relay(
     mut upstream: awc::ClientResponse<Decoder<actix_http::Payload>>,
     compression: CompressionPolicy,
     slot: InFlight,
+    metrics: Arc<Metrics>,
 ) -> HttpResponse {
     let status = upstream.status();
     let upstream_headers = upstream.headers();
@@ -347,10 +375,15 @@ fn relay(
     // awc reads a body to EOF only for HTTP/1.0 responses without a length.
     let eof_delimited = length.is_none() && upstream.version() == Version::HTTP_10;
 
+    let stream = StreamGauge::open(is_event_stream(upstream_headers).then(|| Arc::clone(&metrics)));
     let mut builder = HttpResponse::build(status);
     let payload = upstream.take_payload().take_while(move |item| {
-        // Owning the client's concurrency slot here keeps it taken until the body is done.
-        let _slot = &slot;
+        // Owning the client's concurrency slot and the stream gauge here keeps both taken
+        // until the body is done.
+        let (_slot, _stream) = (&slot, &stream);
+        if item.is_err() {
+            metrics.upstream_error("reset");
+        }
         // EOF ends only a body framed by EOF; anywhere else it stays an error (strict_eof.rs).
         let clean_end = eof_delimited
             && matches!(item, Err(PayloadError::Io(e) | PayloadError::Incomplete(Some(e))) if is_upstream_eof(e));
@@ -385,6 +418,26 @@ fn relay(
 }
 
 pub static IDENTITY: HeaderValue = HeaderValue::from_static("identity");
+
+/// Counts an open event stream in the metrics for as long as it lives.
+pub struct StreamGauge(Option<Arc<Metrics>>);
+
+impl StreamGauge {
+    pub fn open(metrics: Option<Arc<Metrics>>) -> Self {
+        if let Some(m) = &metrics {
+            m.stream_opened();
+        }
+        StreamGauge(metrics)
+    }
+}
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        if let Some(m) = &self.0 {
+            m.stream_closed();
+        }
+    }
+}
 
 fn map_send_error(err: SendRequestError, first_byte_timeout: Duration) -> ApiError {
     match err {
