@@ -38,6 +38,7 @@ const PLAIN_NAMES: &[(&str, &str)] = &[
     ("CLIENTS_FILE", "access.clients_file"),
     ("REDIS_URL", "limits.redis_url"),
     ("METRICS_TOKEN", "metrics.token"),
+    ("AUDIT_LOG", "audit.path"),
 ];
 
 const MIN_TOKEN_LEN: usize = 16;
@@ -101,6 +102,8 @@ pub struct Settings {
     pub tls: Option<TlsPaths>,
     pub realtime: SessionLimits,
     pub metrics: MetricsSettings,
+    /// Where audit lines go (`-` = stdout) and the writer's queue size; `None` = off.
+    pub audit: Option<(String, usize)>,
     /// Redis URL, fail mode and per-call timeout, when limits are shared across replicas.
     pub limits_store: Option<(String, FailMode, Duration)>,
 }
@@ -169,6 +172,14 @@ struct Raw {
     realtime: RawRealtime,
     limits: RawLimits,
     metrics: RawMetrics,
+    audit: RawAudit,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    path: Option<String>,
+    queue_capacity: u64,
 }
 
 #[derive(Deserialize)]
@@ -480,6 +491,13 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
         access_log_format: validate_log_format(raw.log.access_format)?,
         tls,
         limits_store: validate_limits_store(raw.limits)?,
+        audit: match raw.audit.path.filter(|p| !p.trim().is_empty()) {
+            None => None,
+            Some(path) => Some((
+                path.trim().to_owned(),
+                positive(raw.audit.queue_capacity, "audit.queue_capacity")? as usize,
+            )),
+        },
         metrics: MetricsSettings {
             enabled: raw.metrics.enabled,
             bind: match raw.metrics.bind.trim() {

@@ -116,6 +116,8 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let (message, kind, code) = self.parts();
         let mut res = HttpResponse::build(self.status_code());
+        res.extensions_mut()
+            .insert(crate::observe::ProxyErrorCode(code));
         match self {
             ApiError::Unauthorized => {
                 res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));

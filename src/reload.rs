@@ -129,6 +129,7 @@ pub struct Reloader {
     hangup: Signal,
     cert: Option<CertReload>,
     policy: PolicyReload,
+    audit: Option<Arc<crate::observe::audit::AuditLog>>,
 }
 
 impl Reloader {
@@ -136,6 +137,7 @@ impl Reloader {
     pub fn install(
         tls: Option<(&TlsPaths, Arc<SwappableCert>)>,
         policy: PolicyReload,
+        audit: Option<Arc<crate::observe::audit::AuditLog>>,
     ) -> Result<Self, String> {
         let hangup = signal(SignalKind::hangup())
             .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
@@ -152,6 +154,7 @@ impl Reloader {
             hangup,
             cert,
             policy,
+            audit,
         })
     }
 
@@ -163,6 +166,9 @@ impl Reloader {
         loop {
             tokio::select! {
                 _ = self.hangup.recv() => {
+                    if let Some(audit) = &self.audit {
+                        audit.reopen();
+                    }
                     self.policy.reload("SIGHUP");
                     if let Some(cert) = &mut self.cert {
                         cert.reload("SIGHUP");

@@ -15,14 +15,13 @@ use crate::access::{Caller, SharedPolicy};
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::limits::{Limiter, RedisStore};
-use crate::observe::metrics::{
-    Metrics, MetricsAccess, Recorded, endpoint as metrics_endpoint, path_group,
-};
+use crate::observe::audit::AuditLog;
+use crate::observe::metrics::{Metrics, MetricsAccess, endpoint as metrics_endpoint};
+use crate::observe::{Observers, record};
 use crate::proxy::forward::{Forwarder, IDENTITY, UpstreamPlan, forward};
 use crate::reload::{PolicyReload, Reloader};
 use crate::tls::{SwappableCert, load_certified_key, server_config};
 use actix_web::HttpMessage;
-use actix_web::body::BoxBody;
 use actix_web::dev::Service;
 use actix_web::http::header;
 use arc_swap::ArcSwap;
@@ -61,7 +60,15 @@ pub fn run(settings: Settings, dir: std::path::PathBuf) -> Result<(), String> {
             .map(|t| token_digest(t.expose())),
     ));
     let metrics_on_main = settings.metrics.enabled && settings.metrics.bind.is_none();
-    let metrics_mw = metrics.clone();
+    let audit = match &settings.audit {
+        None => None,
+        Some((target, capacity)) => Some(Arc::new(AuditLog::start(
+            target,
+            *capacity,
+            metrics.clone().into_inner(),
+        )?)),
+    };
+    let observers_mw = Arc::new(Observers::new(metrics.clone().into_inner(), audit.clone()));
     let (metrics_main, access_main) = (metrics.clone(), metrics_access.clone());
     let log_format = settings.access_log_format.clone();
     let realtime = settings.realtime;
@@ -91,9 +98,10 @@ pub fn run(settings: Settings, dir: std::path::PathBuf) -> Result<(), String> {
                 settings.watched_files.clone(),
                 settings.access_reload_poll,
             ),
+            audit.clone(),
         )?;
         let server = HttpServer::new(move || {
-            let recorder = metrics_mw.clone();
+            let observers = Arc::clone(&observers_mw);
             App::new()
                 .app_data(policy_data.clone())
                 .app_data(limiter.clone())
@@ -117,39 +125,7 @@ pub fn run(settings: Settings, dir: std::path::PathBuf) -> Result<(), String> {
                         res
                     })
                 })
-                .wrap_fn(move |req, srv| {
-                    let recorder = recorder.clone();
-                    let group = path_group(req.path());
-                    let started = std::time::Instant::now();
-                    recorder.request_started();
-                    let response = srv.call(req);
-                    async move {
-                        match response.await {
-                            Ok(res) => {
-                                let status = res.status().as_u16();
-                                let client = res
-                                    .request()
-                                    .extensions()
-                                    .get::<Caller>()
-                                    .map_or_else(|| "-".to_owned(), |c| c.client.name.clone());
-                                Ok(res.map_body(move |_, body| {
-                                    Recorded::new(BoxBody::new(body), move || {
-                                        recorder.request_finished(
-                                            &client,
-                                            group,
-                                            status,
-                                            started.elapsed(),
-                                        )
-                                    })
-                                }))
-                            }
-                            Err(e) => {
-                                recorder.request_finished("-", group, 500, started.elapsed());
-                                Err(e)
-                            }
-                        }
-                    }
-                })
+                .wrap_fn(move |req, srv| record(req, srv, Arc::clone(&observers)))
                 .wrap(
                     Logger::new(&log_format)
                         .custom_request_replace("method", |req| req.method().to_string())

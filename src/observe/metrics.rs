@@ -113,6 +113,8 @@ pub struct Metrics {
     open_streams: AtomicI64,
     upstream_errors: Mutex<BTreeMap<&'static str, u64>>,
     rate_limited: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Audit lines dropped because the writer's queue was full.
+    pub audit_dropped: std::sync::atomic::AtomicU64,
 }
 
 /// Label values are written between quotes: escape what the format requires.
@@ -246,6 +248,13 @@ impl Metrics {
                 escape(client)
             );
         }
+        out += "# HELP oap_audit_dropped_total Audit lines dropped because the queue was full.\n";
+        out += "# TYPE oap_audit_dropped_total counter\n";
+        let _ = writeln!(
+            out,
+            "oap_audit_dropped_total {}",
+            self.audit_dropped.load(Ordering::Relaxed)
+        );
         out
     }
 }
@@ -254,13 +263,16 @@ impl Metrics {
 /// dropped because the client left), so a stream's duration is its whole life.
 pub struct Recorded {
     body: actix_web::body::BoxBody,
-    on_done: Option<Box<dyn FnOnce()>>,
+    bytes: u64,
+    on_done: Option<Box<dyn FnOnce(u64)>>,
 }
 
 impl Recorded {
-    pub fn new(body: actix_web::body::BoxBody, on_done: impl FnOnce() + 'static) -> Self {
+    /// `on_done` receives the number of body bytes sent.
+    pub fn new(body: actix_web::body::BoxBody, on_done: impl FnOnce(u64) + 'static) -> Self {
         Self {
             body,
+            bytes: 0,
             on_done: Some(Box::new(on_done)),
         }
     }
@@ -269,7 +281,7 @@ impl Recorded {
 impl Drop for Recorded {
     fn drop(&mut self) {
         if let Some(done) = self.on_done.take() {
-            done();
+            done(self.bytes);
         }
     }
 }
@@ -285,7 +297,11 @@ impl actix_web::body::MessageBody for Recorded {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<actix_web::web::Bytes, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_next(cx)
+        let polled = std::pin::Pin::new(&mut self.body).poll_next(cx);
+        if let std::task::Poll::Ready(Some(Ok(chunk))) = &polled {
+            self.bytes += chunk.len() as u64;
+        }
+        polled
     }
 }
 

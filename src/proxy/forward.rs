@@ -24,6 +24,7 @@ use crate::access::{ADMIN_PREFIX, AccessPolicy, Caller, SharedPolicy};
 use crate::config::{Secret, UpstreamSettings};
 use crate::error::ApiError;
 use crate::limits::{ClientLimits, InFlight, Limiter, Refusal};
+use crate::observe::UpstreamFacts;
 use crate::observe::metrics::Metrics;
 use crate::realtime::{SessionLimits, SessionTerms, bridge_upgrade, is_websocket_upgrade};
 use std::time::Instant;
@@ -315,7 +316,12 @@ pub async fn forward(
         log::warn!("{} {}: {err}", req.method(), req.path());
         err
     })?;
-    metrics.first_byte(started.elapsed());
+    let first_byte = started.elapsed();
+    metrics.first_byte(first_byte);
+    req.extensions_mut().insert(UpstreamFacts {
+        first_byte: Some(first_byte),
+        model: None,
+    });
     Ok(relay(
         &req,
         response,

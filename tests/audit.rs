@@ -1,0 +1,137 @@
+//! The audit log: one JSON line per request with the documented fields and no secrets, the
+//! request id returned to the client, and rename-style rotation with SIGHUP.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::mock::Mock;
+use common::*;
+use serde_json::Value;
+
+fn lines(path: &Path, at_least: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let parsed: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        if parsed.len() >= at_least {
+            return parsed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} audit lines: {text}",
+            parsed.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn one_line_per_request_with_its_fields_and_no_secrets() {
+    let mock = Mock::start();
+    let dir = fresh_dir();
+    let log = dir.join("audit.log");
+    let proxy = Proxy::start_in(dir.clone(), &mock.base(), &[("AUDIT_LOG", "audit.log")]);
+
+    let body = r#"{"model":"gpt-4o-mini","messages":[]}"#;
+    let res = raw_http(
+        proxy.addr,
+        &format!(
+            "POST /v1/echo/chat?x=1 HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nX-Request-Id: client-req-42\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            bearer(),
+            body.len()
+        ),
+    );
+    assert_eq!(status_of(&res), 200);
+    assert!(
+        res.to_ascii_lowercase()
+            .contains("x-proxy-request-id: client-req-42"),
+        "{res}"
+    );
+    let unauthorized = raw_http(
+        proxy.addr,
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong-token-xyz\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&unauthorized), 401);
+    let stream = raw_http(
+        proxy.addr,
+        &format!(
+            "GET /v1/sse?n=3&gap_ms=10 HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+            bearer()
+        ),
+    );
+    assert_eq!(status_of(&stream), 200);
+
+    let records = lines(&log, 3);
+    let ok = records
+        .iter()
+        .find(|r| r["request_id"] == "client-req-42")
+        .expect("the 200 line");
+    assert_eq!(ok["client"], "default");
+    assert_eq!(ok["client_ip"], "127.0.0.1");
+    assert_eq!(ok["method"], "POST");
+    assert_eq!(ok["path"], "/v1/echo/chat");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["upstream_request_id"], "req_mock_123");
+    assert_eq!(ok["bytes_in"], body.len());
+    assert!(ok["bytes_out"].as_u64().unwrap() > 100);
+    assert!(ok["ttfb_ms"].as_f64().unwrap() > 0.0);
+    assert!(ok["duration_ms"].as_f64().unwrap() >= ok["ttfb_ms"].as_f64().unwrap());
+    assert_eq!(ok["stream"], false);
+    assert!(ok["error_code"].is_null());
+    for field in [
+        "ts",
+        "model",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+    ] {
+        assert!(ok.get(field).is_some(), "missing {field}");
+    }
+    let refused = records
+        .iter()
+        .find(|r| r["status"] == 401)
+        .expect("the 401 line");
+    assert_eq!(refused["client"], "-");
+    assert_eq!(refused["error_code"], "invalid_api_key");
+    assert!(refused["request_id"].as_str().unwrap().starts_with("oap_"));
+    let sse = records
+        .iter()
+        .find(|r| r["path"] == "/v1/sse")
+        .expect("the stream line");
+    assert_eq!(sse["stream"], true);
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    for secret in [TOKEN, KEY, "wrong-token-xyz"] {
+        assert!(!text.contains(secret), "a secret reached the audit log");
+    }
+}
+
+#[test]
+fn sighup_reopens_the_file_after_a_rename() {
+    let mock = Mock::start();
+    let dir = fresh_dir();
+    let log = dir.join("audit.log");
+    let proxy = Proxy::start_in(dir.clone(), &mock.base(), &[("AUDIT_LOG", "audit.log")]);
+    let get = || {
+        status_of(&raw_http(
+            proxy.addr,
+            &format!(
+                "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+                bearer()
+            ),
+        ))
+    };
+    assert_eq!(get(), 200);
+    lines(&log, 1);
+    std::fs::rename(&log, dir.join("audit.log.1")).unwrap();
+    proxy.signal("HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get(), 200);
+    assert_eq!(lines(&log, 1).len(), 1, "the new file holds the new line");
+    assert_eq!(lines(&dir.join("audit.log.1"), 1).len(), 1);
+}
