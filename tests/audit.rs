@@ -135,3 +135,79 @@ fn sighup_reopens_the_file_after_a_rename() {
     assert_eq!(lines(&log, 1).len(), 1, "the new file holds the new line");
     assert_eq!(lines(&dir.join("audit.log.1"), 1).len(), 1);
 }
+
+#[test]
+fn usage_from_json_gzip_and_streams_reaches_audit_and_metrics() {
+    let mock = Mock::start();
+    let dir = fresh_dir();
+    let log = dir.join("audit.log");
+    let proxy = Proxy::start_in(dir.clone(), &mock.base(), &[("AUDIT_LOG", "audit.log")]);
+    let post = |body: &str, id: &str| {
+        raw_http(
+            proxy.addr,
+            &format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nX-Request-Id: {id}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                bearer(),
+                body.len()
+            ),
+        )
+    };
+    assert_eq!(
+        status_of(&post(r#"{"model":"gpt-4o-mini","messages":[]}"#, "plain")),
+        200
+    );
+    let streamed = post(
+        r#"{"model":"gpt-4o-mini","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#,
+        "streamed",
+    );
+    assert!(
+        streamed.contains("\"usage\""),
+        "the client asked for the usage chunk: {streamed}"
+    );
+    let gz = raw_http(
+        proxy.addr,
+        &format!(
+            "GET /v1/gzip-chat HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nX-Request-Id: gz\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n",
+            bearer()
+        ),
+    );
+    assert!(
+        gz.to_ascii_lowercase().contains("content-encoding: gzip"),
+        "passed through encoded"
+    );
+
+    let records = lines(&log, 3);
+    let by_id = |id: &str| {
+        records
+            .iter()
+            .find(|r| r["request_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let plain = by_id("plain");
+    assert_eq!(
+        (
+            plain["prompt_tokens"].as_u64(),
+            plain["completion_tokens"].as_u64(),
+            plain["total_tokens"].as_u64()
+        ),
+        (Some(5), Some(4), Some(9))
+    );
+    assert_eq!(plain["model"], "gpt-4o-mini");
+    assert_eq!(plain["usage_partial"], false);
+    let streamed = by_id("streamed");
+    assert_eq!(streamed["total_tokens"], 10);
+    assert_eq!(streamed["stream"], true);
+    let gz = by_id("gz");
+    assert_eq!(gz["total_tokens"], 33);
+    assert_eq!(gz["model"], "gpt-4o-2024-08-06");
+
+    let metrics = raw_http(
+        proxy.addr,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        metrics.contains(r#"oap_tokens_total{client="default",model="gpt-4o",kind="prompt"} 22"#),
+        "{metrics}"
+    );
+}

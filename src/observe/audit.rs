@@ -33,6 +33,8 @@ pub struct AuditRecord {
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     pub total_tokens: Option<u64>,
+    /// The response ended early (client gone, upstream broke): the counts may be incomplete.
+    pub usage_partial: bool,
     pub stream: bool,
     pub error_code: Option<String>,
 }

@@ -113,6 +113,7 @@ pub struct Metrics {
     open_streams: AtomicI64,
     upstream_errors: Mutex<BTreeMap<&'static str, u64>>,
     rate_limited: Mutex<BTreeMap<(String, &'static str), u64>>,
+    tokens: Mutex<BTreeMap<(String, &'static str, &'static str), u64>>,
     /// Audit lines dropped because the writer's queue was full.
     pub audit_dropped: std::sync::atomic::AtomicU64,
 }
@@ -174,6 +175,16 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner())
             .entry((client.to_owned(), kind))
             .or_default() += 1;
+    }
+
+    pub fn tokens(&self, client: &str, family: &'static str, prompt: u64, completion: u64) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        *tokens
+            .entry((client.to_owned(), family, "prompt"))
+            .or_default() += prompt;
+        *tokens
+            .entry((client.to_owned(), family, "completion"))
+            .or_default() += completion;
     }
 
     pub fn render(&self) -> String {
@@ -245,6 +256,17 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "oap_rate_limited_total{{client=\"{}\",limit=\"{kind}\"}} {n}",
+                escape(client)
+            );
+        }
+        out += "# HELP oap_tokens_total Tokens used, from the upstream's usage, by client, model family and kind.\n";
+        out += "# TYPE oap_tokens_total counter\n";
+        for ((client, family, kind), n) in
+            self.tokens.lock().unwrap_or_else(|e| e.into_inner()).iter()
+        {
+            let _ = writeln!(
+                out,
+                "oap_tokens_total{{client=\"{}\",model=\"{family}\",kind=\"{kind}\"}} {n}",
                 escape(client)
             );
         }

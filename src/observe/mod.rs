@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod metrics;
+pub mod usage;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,7 +28,8 @@ static X_PROXY_REQUEST_ID: HeaderName = HeaderName::from_static("x-proxy-request
 #[derive(Debug, Clone, Default)]
 pub struct UpstreamFacts {
     pub first_byte: Option<Duration>,
-    pub model: Option<String>,
+    /// What the usage meter read from the response, when it could read one.
+    pub usage: Option<usage::SharedReading>,
 }
 
 /// The code of an error the proxy answered itself (not the upstream's).
@@ -125,8 +127,16 @@ where
                 let client = caller.as_ref().map_or("-", |c| c.client.name.as_str());
                 let took = started.elapsed();
                 obs.metrics.request_finished(client, group, status, took);
-                let Some(audit) = &obs.audit else { return };
                 let facts = facts.unwrap_or_default();
+                let reading = facts.usage.map(|r| r.borrow().clone());
+                if let Some(r) = &reading
+                    && let Some(u) = r.usage
+                {
+                    let family = r.model.as_deref().map_or("other", usage::model_family);
+                    obs.metrics.tokens(client, family, u.prompt, u.completion);
+                }
+                let Some(audit) = &obs.audit else { return };
+                let usage = reading.as_ref().and_then(|r| r.usage);
                 audit.record(AuditRecord {
                     ts: OffsetDateTime::now_utc()
                         .format(&Rfc3339)
@@ -140,16 +150,17 @@ where
                         .map(|ip| ip.to_string()),
                     method,
                     path,
-                    model: facts.model,
+                    model: reading.as_ref().and_then(|r| r.model.clone()),
                     status,
                     upstream_request_id,
                     ttfb_ms: facts.first_byte.map(|d| d.as_secs_f64() * 1000.0),
                     duration_ms: took.as_secs_f64() * 1000.0,
                     bytes_in,
                     bytes_out,
-                    prompt_tokens: None,
-                    completion_tokens: None,
-                    total_tokens: None,
+                    prompt_tokens: usage.map(|u| u.prompt),
+                    completion_tokens: usage.map(|u| u.completion),
+                    total_tokens: usage.map(|u| u.total),
+                    usage_partial: reading.as_ref().is_some_and(|r| !r.complete),
                     stream,
                     error_code: error_code.map(str::to_owned),
                 });

@@ -26,6 +26,7 @@ use crate::error::ApiError;
 use crate::limits::{ClientLimits, InFlight, Limiter, Refusal};
 use crate::observe::UpstreamFacts;
 use crate::observe::metrics::Metrics;
+use crate::observe::usage::{Metered, SharedReading, UsageMeter};
 use crate::realtime::{SessionLimits, SessionTerms, bridge_upgrade, is_websocket_upgrade};
 use std::time::Instant;
 use tokio::sync::watch;
@@ -318,9 +319,22 @@ pub async fn forward(
     })?;
     let first_byte = started.elapsed();
     metrics.first_byte(first_byte);
+    let reading = SharedReading::default();
+    let meter = UsageMeter::for_response(
+        response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+        response
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok()),
+        Rc::clone(&reading),
+    );
     req.extensions_mut().insert(UpstreamFacts {
         first_byte: Some(first_byte),
-        model: None,
+        usage: meter.is_some().then_some(reading),
     });
     Ok(relay(
         &req,
@@ -328,6 +342,7 @@ pub async fn forward(
         plan.compression,
         slot,
         metrics.into_inner(),
+        meter,
     ))
 }
 
@@ -365,6 +380,7 @@ fn relay(
     compression: CompressionPolicy,
     slot: InFlight,
     metrics: Arc<Metrics>,
+    meter: Option<UsageMeter>,
 ) -> HttpResponse {
     let status = upstream.status();
     let upstream_headers = upstream.headers();
@@ -383,7 +399,7 @@ fn relay(
 
     let stream = StreamGauge::open(is_event_stream(upstream_headers).then(|| Arc::clone(&metrics)));
     let mut builder = HttpResponse::build(status);
-    let payload = upstream.take_payload().take_while(move |item| {
+    let payload = Metered::new(upstream.take_payload(), meter).take_while(move |item| {
         // Owning the client's concurrency slot and the stream gauge here keeps both taken
         // until the body is done.
         let (_slot, _stream) = (&slot, &stream);

@@ -100,6 +100,7 @@ impl Mock {
                         .route("/v1/upload", web::to(upload))
                         .route("/v1/download", web::to(download))
                         .route("/v1/gzip", web::to(gzip))
+                        .route("/v1/gzip-chat", web::to(gzip_chat))
                         .route("/v1/broken-stream", web::to(broken_stream))
                         .route("/v1/audio", web::to(audio))
                         .route("/v1/chat/completions", web::post().to(chat_completions))
@@ -311,6 +312,19 @@ async fn gzip(req: HttpRequest, state: web::Data<MockState>) -> HttpResponse {
         .body(encoder.finish().unwrap())
 }
 
+/// A non-streamed completion with usage, gzip-encoded as OpenAI sends it to clients that
+/// accept gzip.
+async fn gzip_chat(req: HttpRequest, state: web::Data<MockState>) -> HttpResponse {
+    record(&req, &state);
+    let body = r#"{"id":"chatcmpl-gz","object":"chat.completion","model":"gpt-4o-2024-08-06","choices":[],"usage":{"prompt_tokens":11,"completion_tokens":22,"total_tokens":33}}"#;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(body.as_bytes()).unwrap();
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .insert_header(("content-encoding", "gzip"))
+        .body(encoder.finish().unwrap())
+}
+
 /// Two events, then the connection dies mid-body.
 async fn broken_stream(req: HttpRequest, state: web::Data<MockState>) -> HttpResponse {
     record(&req, &state);
@@ -371,6 +385,16 @@ async fn chat_completions(
         events.push(chunk(serde_json::json!({"content": word}), None).to_string());
     }
     events.push(chunk(serde_json::json!({}), Some("stop")).to_string());
+    if body["stream_options"]["include_usage"].as_bool() == Some(true) {
+        events.push(
+            serde_json::json!({
+                "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1,
+                "model": model, "choices": [],
+                "usage": {"prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10}
+            })
+            .to_string(),
+        );
+    }
     events.push("[DONE]".to_owned());
     let body = stream::iter(events).then(|e| async move {
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
