@@ -195,6 +195,7 @@ struct RawMetrics {
 struct RawLimits {
     requests_per_minute: u32,
     max_concurrent: u32,
+    tokens_per_minute: u32,
     redis_url: Option<String>,
     redis_fail_mode: String,
     redis_timeout_ms: u64,
@@ -406,6 +407,7 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
     let default_limits = ClientLimits {
         requests_per_minute: Some(raw.limits.requests_per_minute),
         max_concurrent: Some(raw.limits.max_concurrent),
+        tokens_per_minute: Some(raw.limits.tokens_per_minute),
     };
     let access = validate_access(
         raw.access,

@@ -71,6 +71,11 @@ impl ApiError {
                 "rate_limit_exceeded",
                 "rate_limit_exceeded",
             ),
+            ApiError::RateLimited(crate::limits::Refusal::Tokens { .. }) => (
+                "Rate limit reached for tokens per minute for this client. Retry after the time in Retry-After.",
+                "rate_limit_exceeded",
+                "rate_limit_exceeded",
+            ),
             ApiError::RateLimited(crate::limits::Refusal::StoreUnavailable) => (
                 "The rate-limit store is unavailable; try again shortly.",
                 "server_error",
@@ -150,6 +155,17 @@ fn rate_limit_headers(res: &mut actix_web::HttpResponseBuilder, refusal: &crate:
                 .insert_header(("x-ratelimit-limit-requests", limit.to_string()))
                 .insert_header(("x-ratelimit-remaining-requests", remaining.to_string()))
                 .insert_header(("x-ratelimit-reset-requests", format_reset(*reset)));
+        }
+        Refusal::Tokens {
+            limit,
+            reset,
+            retry_after,
+        } => {
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            res.insert_header((header::RETRY_AFTER, secs.max(1).to_string()))
+                .insert_header(("x-ratelimit-limit-tokens", limit.to_string()))
+                .insert_header(("x-ratelimit-remaining-tokens", "0"))
+                .insert_header(("x-ratelimit-reset-tokens", format_reset(*reset)));
         }
         Refusal::Concurrency { .. } | Refusal::StoreUnavailable => {
             res.insert_header((header::RETRY_AFTER, "1"));

@@ -152,3 +152,36 @@ async fn a_realtime_session_holds_a_concurrency_slot() {
         }
     }
 }
+
+#[test]
+fn tokens_per_minute_are_charged_from_usage_json_and_streams() {
+    let mock = Mock::start();
+    let proxy = start(&mock, "tokens_per_minute = 10");
+    let chat = |stream: bool| {
+        let body = if stream {
+            r#"{"model":"gpt-4o-mini","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#
+        } else {
+            r#"{"model":"gpt-4o-mini","messages":[]}"#
+        };
+        let res = raw_http(
+            proxy.addr,
+            &format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {LIMITED}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        // The charge lands just after the body ends.
+        std::thread::sleep(Duration::from_millis(100));
+        res
+    };
+    // 9 tokens (JSON usage): the window still has room.
+    assert_eq!(status_of(&chat(false)), 200);
+    // 10 more (the stream's usage chunk): now past the window.
+    assert_eq!(status_of(&chat(true)), 200);
+    let refused = chat(false);
+    assert_eq!(status_of(&refused), 429, "{refused}");
+    assert_openai_error(body_of(&refused).as_bytes(), "rate_limit_exceeded");
+    assert_eq!(header(&refused, "x-ratelimit-limit-tokens"), Some("10"));
+    assert_eq!(header(&refused, "x-ratelimit-remaining-tokens"), Some("0"));
+    assert!(header(&refused, "retry-after").is_some());
+}

@@ -48,11 +48,15 @@ impl Drop for RedisServer {
 }
 
 fn proxy(mock: &Mock, redis_url: &str, fail_mode: &str) -> Proxy {
+    proxy_with(mock, redis_url, fail_mode, "requests_per_minute = 6")
+}
+
+fn proxy_with(mock: &Mock, redis_url: &str, fail_mode: &str, limits: &str) -> Proxy {
     let dir = fresh_dir();
     std::fs::write(
         dir.join("clients.toml"),
         format!(
-            "[[clients]]\nname = \"shared\"\ntoken_sha256 = \"{}\"\nrequests_per_minute = 6\n",
+            "[[clients]]\nname = \"shared\"\ntoken_sha256 = \"{}\"\n{limits}\n",
             sha256_hex(LIMITED)
         ),
     )
@@ -142,4 +146,29 @@ fn an_invalid_redis_url_stops_startup() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("REDIS_URL"));
+}
+
+#[test]
+fn token_windows_are_shared_through_redis() {
+    let redis = RedisServer::start();
+    let mock = Mock::start();
+    let a = proxy_with(&mock, &redis.url(), "fail_open", "tokens_per_minute = 10");
+    let b = proxy_with(&mock, &redis.url(), "fail_open", "tokens_per_minute = 10");
+    let chat = |p: &Proxy| {
+        let body = r#"{"model":"gpt-4o-mini","messages":[]}"#;
+        let status = status_of(&raw_http(
+            p.addr,
+            &format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {LIMITED}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        ));
+        std::thread::sleep(Duration::from_millis(100));
+        status
+    };
+    // 9 tokens per answer: A then B fill the shared window; A is then refused.
+    assert_eq!(chat(&a), 200);
+    assert_eq!(chat(&b), 200);
+    assert_eq!(chat(&a), 429, "the window is shared, not per replica");
+    assert_eq!(chat(&b), 429);
 }

@@ -33,6 +33,7 @@ pub struct RawClient {
     pub admin: bool,
     pub requests_per_minute: Option<u32>,
     pub max_concurrent: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +58,7 @@ impl RawClient {
             admin: false,
             requests_per_minute: None,
             max_concurrent: None,
+            tokens_per_minute: None,
         }
     }
 }
@@ -241,10 +243,11 @@ impl Client {
         let limits = ClientLimits {
             requests_per_minute: raw.requests_per_minute,
             max_concurrent: raw.max_concurrent,
+            tokens_per_minute: raw.tokens_per_minute,
         };
         let limit = |v: Option<u32>| v.map_or("default".to_owned(), |n| n.to_string());
         let summary = format!(
-            "tokens={} not_before={} expires_at={} models={} paths={} ips={} admin={} disabled={} rpm={} max_concurrent={}",
+            "tokens={} not_before={} expires_at={} models={} paths={} ips={} admin={} disabled={} rpm={} max_concurrent={} tpm={}",
             digests.len(),
             fmt_time(&not_before),
             fmt_time(&expires_at),
@@ -255,6 +258,7 @@ impl Client {
             raw.disabled,
             limit(limits.requests_per_minute),
             limit(limits.max_concurrent),
+            limit(limits.tokens_per_minute),
         );
         Ok(Client {
             name,

@@ -18,6 +18,8 @@ struct ClientState {
     /// GCRA's theoretical arrival time, in ns since the limiter's epoch.
     tat: AtomicU64,
     in_flight: AtomicU32,
+    /// The same for tokens, advanced by usage after each response.
+    token_tat: AtomicU64,
 }
 
 pub struct LocalLimiter {
@@ -92,6 +94,34 @@ impl LocalLimiter {
         }
         Ok(slot)
     }
+
+    /// Refuses while the client's token window is used up.
+    pub fn check_tokens(&self, client: &str, tpm: u32) -> Result<(), Refusal> {
+        let state = self.state(client);
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let interval = MINUTE_NS / u64::from(tpm.max(1));
+        let debt = state.token_tat.load(Ordering::Acquire).saturating_sub(now);
+        let tolerance = MINUTE_NS - interval;
+        if debt > tolerance {
+            return Err(Refusal::Tokens {
+                limit: tpm,
+                reset: Duration::from_nanos(debt),
+                retry_after: Duration::from_nanos(debt - tolerance),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn charge_tokens(&self, client: &str, tpm: u32, tokens: u64) {
+        let state = self.state(client);
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let cost = tokens.saturating_mul(MINUTE_NS / u64::from(tpm.max(1)));
+        let _ = state
+            .token_tat
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+                Some(tat.max(now).saturating_add(cost))
+            });
+    }
 }
 
 /// GCRA with a burst of the whole minute's quota: `rpm` requests may come at once, then one
@@ -147,11 +177,25 @@ mod tests {
     }
 
     #[test]
+    fn tokens_are_refused_once_usage_exceeds_the_window() {
+        let limiter = LocalLimiter::default();
+        assert!(limiter.check_tokens("c", 10).is_ok());
+        limiter.charge_tokens("c", 10, 9);
+        assert!(limiter.check_tokens("c", 10).is_ok(), "9 of 10 used");
+        limiter.charge_tokens("c", 10, 9);
+        assert!(matches!(
+            limiter.check_tokens("c", 10),
+            Err(Refusal::Tokens { limit: 10, .. })
+        ));
+    }
+
+    #[test]
     fn concurrency_slots_are_released_on_drop() {
         let limiter = LocalLimiter::default();
         let limits = ClientLimits {
             requests_per_minute: None,
             max_concurrent: Some(2),
+            tokens_per_minute: None,
         };
         let a = limiter.admit("c", limits).unwrap();
         let _b = limiter.admit("c", limits).unwrap();

@@ -39,6 +39,48 @@ impl Limiter {
     }
 
     pub async fn admit(&self, client: &str, limits: ClientLimits) -> Result<InFlight, Refusal> {
+        let slot = self.admit_requests(client, limits).await?;
+        if let Some(tpm) = limits.tokens_per_minute {
+            self.check_tokens(client, tpm).await?;
+        }
+        Ok(slot)
+    }
+
+    async fn check_tokens(&self, client: &str, tpm: u32) -> Result<(), Refusal> {
+        let Some((store, mode)) = &self.shared else {
+            return self.local.check_tokens(client, tpm);
+        };
+        match store.tokens(client, tpm, 0).await {
+            Ok(verdict) => verdict,
+            Err(why) => {
+                self.warn(&why);
+                match mode {
+                    FailMode::Open => self.local.check_tokens(client, tpm),
+                    FailMode::Closed => Err(Refusal::StoreUnavailable),
+                }
+            }
+        }
+    }
+
+    /// Charges `tokens` of real usage to the client's window, after the response.
+    pub async fn charge_tokens(&self, client: &str, tpm: u32, tokens: u64) {
+        if let Some((store, _)) = &self.shared
+            && store.tokens(client, tpm, tokens).await.is_ok()
+        {
+            return;
+        }
+        self.local.charge_tokens(client, tpm, tokens);
+    }
+
+    async fn admit_requests(
+        &self,
+        client: &str,
+        limits: ClientLimits,
+    ) -> Result<InFlight, Refusal> {
+        let limits = ClientLimits {
+            tokens_per_minute: None,
+            ..limits
+        };
         let Some((store, mode)) = &self.shared else {
             return self.local.admit(client, limits);
         };
@@ -64,6 +106,7 @@ impl Limiter {
                             ClientLimits {
                                 requests_per_minute: Some(rpm),
                                 max_concurrent: None,
+                                tokens_per_minute: None,
                             },
                         )
                         .map(|_| slot),
@@ -97,6 +140,8 @@ impl Limiter {
 pub struct ClientLimits {
     pub requests_per_minute: Option<u32>,
     pub max_concurrent: Option<u32>,
+    /// Charged from the usage of responses after they end; checked before each request.
+    pub tokens_per_minute: Option<u32>,
 }
 
 impl ClientLimits {
@@ -111,6 +156,10 @@ impl ClientLimits {
             max_concurrent: own
                 .max_concurrent
                 .or(defaults.max_concurrent)
+                .and_then(|n| nonzero(Some(n))),
+            tokens_per_minute: own
+                .tokens_per_minute
+                .or(defaults.tokens_per_minute)
                 .and_then(|n| nonzero(Some(n))),
         }
     }
@@ -128,6 +177,12 @@ pub enum Refusal {
     },
     Concurrency {
         limit: u32,
+    },
+    /// The client's tokens-per-minute window is used up.
+    Tokens {
+        limit: u32,
+        reset: Duration,
+        retry_after: Duration,
     },
     /// The shared store is down and the fail mode is closed.
     StoreUnavailable,
@@ -163,10 +218,12 @@ mod tests {
         let defaults = ClientLimits {
             requests_per_minute: Some(60),
             max_concurrent: Some(0),
+            tokens_per_minute: None,
         };
         let own = ClientLimits {
             requests_per_minute: None,
             max_concurrent: Some(3),
+            tokens_per_minute: Some(1000),
         };
         let merged = ClientLimits::with_defaults(own, defaults);
         assert_eq!(merged.requests_per_minute, Some(60));

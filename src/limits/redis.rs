@@ -26,6 +26,26 @@ redis.call('SET', KEYS[1], new, 'PX', math.ceil((new - now) / 1000) + 1000)
 return {1, 0, new - now}
 ";
 
+/// The token window on Redis' clock: charges ARGV[3] tokens (0 = only check). Returns
+/// {within_window, retry_after_us, debt_us}.
+const TOKENS: &str = r"
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if cost > 0 then
+  tat = tat + cost * interval
+  redis.call('SET', KEYS[1], tat, 'PX', math.ceil((tat - now) / 1000) + 1000)
+end
+if tat - now > tolerance then
+  return {0, tat - now - tolerance, tat - now}
+end
+return {1, 0, tat - now}
+";
+
 /// After a failure, Redis is not tried again for this long (requests use the fallback), so an
 /// outage does not add a timeout to every request.
 const BACKOFF: Duration = Duration::from_secs(1);
@@ -35,6 +55,7 @@ pub struct RedisStore {
     timeout: Duration,
     conn: OnceCell<ConnectionManager>,
     script: redis::Script,
+    tokens_script: redis::Script,
     epoch: Instant,
     /// ms since `epoch` before which Redis is skipped; 0 = try.
     skip_until_ms: AtomicU64,
@@ -49,6 +70,7 @@ impl RedisStore {
             timeout,
             conn: OnceCell::new(),
             script: redis::Script::new(GCRA),
+            tokens_script: redis::Script::new(TOKENS),
             epoch: Instant::now(),
             skip_until_ms: AtomicU64::new(0),
         })
@@ -90,6 +112,40 @@ impl RedisStore {
                 limit: rpm,
                 remaining: 0,
                 reset: Duration::from_micros(reset_us),
+                retry_after: Duration::from_micros(retry_us),
+            })),
+            Ok(Err(e)) => Err(self.failed(e.to_string())),
+            Err(_) => Err(self.failed(format!("no answer within {} ms", self.timeout.as_millis()))),
+        }
+    }
+
+    /// Charges `cost` tokens (0: only checks) and says whether the window still has room.
+    pub async fn tokens(
+        &self,
+        client: &str,
+        tpm: u32,
+        cost: u64,
+    ) -> Result<Result<(), Refusal>, String> {
+        if self.now_ms() < self.skip_until_ms.load(Ordering::Relaxed) {
+            return Err("backing off after a recent failure".into());
+        }
+        let minute_us: u64 = 60_000_000;
+        let interval = minute_us / u64::from(tpm.max(1));
+        let attempt = async {
+            let mut conn = self.connection().await?;
+            self.tokens_script
+                .key(format!("oap:tpm:{client}"))
+                .arg(interval)
+                .arg(minute_us - interval)
+                .arg(cost)
+                .invoke_async::<(u8, u64, u64)>(&mut conn)
+                .await
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok((1, _, _))) => Ok(Ok(())),
+            Ok(Ok((_, retry_us, debt_us))) => Ok(Err(Refusal::Tokens {
+                limit: tpm,
+                reset: Duration::from_micros(debt_us),
                 retry_after: Duration::from_micros(retry_us),
             })),
             Ok(Err(e)) => Err(self.failed(e.to_string())),

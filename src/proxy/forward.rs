@@ -332,6 +332,12 @@ pub async fn forward(
             .and_then(|v| v.to_str().ok()),
         Rc::clone(&reading),
     );
+    let charge = token_charge(
+        &req,
+        &policy,
+        &limiter,
+        meter.is_some().then(|| Rc::clone(&reading)),
+    );
     req.extensions_mut().insert(UpstreamFacts {
         first_byte: Some(first_byte),
         usage: meter.is_some().then_some(reading),
@@ -343,7 +349,45 @@ pub async fn forward(
         slot,
         metrics.into_inner(),
         meter,
+        charge,
     ))
+}
+
+/// Charges a response's real usage to the client's tokens-per-minute window when its body is
+/// done (or dropped: whatever usage was seen by then counts).
+pub struct TokenCharge {
+    limiter: Arc<Limiter>,
+    client: String,
+    tpm: u32,
+    reading: SharedReading,
+}
+
+impl Drop for TokenCharge {
+    fn drop(&mut self) {
+        let Some(usage) = self.reading.borrow().usage else {
+            return;
+        };
+        let (limiter, client, tpm) = (Arc::clone(&self.limiter), self.client.clone(), self.tpm);
+        actix_web::rt::spawn(async move {
+            limiter.charge_tokens(&client, tpm, usage.total).await;
+        });
+    }
+}
+
+fn token_charge(
+    req: &HttpRequest,
+    policy: &SharedPolicy,
+    limiter: &web::Data<Limiter>,
+    reading: Option<SharedReading>,
+) -> Option<TokenCharge> {
+    let caller = req.extensions().get::<Caller>().cloned()?;
+    let limits = ClientLimits::with_defaults(caller.client.limits, policy.load().default_limits);
+    Some(TokenCharge {
+        limiter: Arc::clone(limiter),
+        client: caller.client.name.clone(),
+        tpm: limits.tokens_per_minute?,
+        reading: reading?,
+    })
 }
 
 async fn admit(
@@ -365,6 +409,7 @@ async fn admit(
                 match refusal {
                     Refusal::Requests { .. } => "requests",
                     Refusal::Concurrency { .. } => "concurrency",
+                    Refusal::Tokens { .. } => "tokens",
                     Refusal::StoreUnavailable => "store_unavailable",
                 },
             );
@@ -381,6 +426,7 @@ fn relay(
     slot: InFlight,
     metrics: Arc<Metrics>,
     meter: Option<UsageMeter>,
+    charge: Option<TokenCharge>,
 ) -> HttpResponse {
     let status = upstream.status();
     let upstream_headers = upstream.headers();
@@ -402,7 +448,7 @@ fn relay(
     let payload = Metered::new(upstream.take_payload(), meter).take_while(move |item| {
         // Owning the client's concurrency slot and the stream gauge here keeps both taken
         // until the body is done.
-        let (_slot, _stream) = (&slot, &stream);
+        let (_slot, _stream, _charge) = (&slot, &stream, &charge);
         if item.is_err() {
             metrics.upstream_error("reset");
         }
