@@ -128,6 +128,8 @@ pub struct UpstreamSettings {
     pub api_key: Secret,
     /// Sent instead of `api_key` on `/v1/organization/**`, for admin clients only.
     pub admin_key: Option<Secret>,
+    /// Ask for usage on streamed chat completions whose client did not (and hide that chunk).
+    pub inject_stream_usage: bool,
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub max_in_flight_per_worker: usize,
@@ -280,6 +282,7 @@ struct RawUpstream {
     base_url: String,
     api_key: Option<String>,
     admin_key: Option<String>,
+    stream_usage: bool,
     connect_timeout_secs: u64,
     first_byte_timeout_secs: u64,
     max_in_flight_per_worker: u64,
@@ -467,6 +470,7 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
         base_url,
         api_key,
         admin_key,
+        inject_stream_usage: raw.upstream.stream_usage,
         connect_timeout: secs(
             raw.upstream.connect_timeout_secs,
             "upstream.connect_timeout_secs",

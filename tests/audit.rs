@@ -211,3 +211,90 @@ fn usage_from_json_gzip_and_streams_reaches_audit_and_metrics() {
         "{metrics}"
     );
 }
+
+#[actix_web::test]
+async fn stream_usage_is_requested_for_the_client_and_hidden_from_it() {
+    let mock = Mock::start();
+    let dir = fresh_dir();
+    let log = dir.join("audit.log");
+    let proxy = Proxy::start_in(dir.clone(), &mock.base(), &[("AUDIT_LOG", "audit.log")]);
+    let with_usage = r#"{"model":"gpt-4o-mini","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#;
+    let without = r#"{"model":"gpt-4o-mini","messages":[],"stream":true}"#;
+    let fetch = |url: String, body: &'static str, id: &'static str| async move {
+        let mut res = client()
+            .post(url)
+            .insert_header(("authorization", bearer()))
+            .insert_header(("content-type", "application/json"))
+            .insert_header(("x-request-id", id))
+            .send_body(body)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        String::from_utf8(res.body().await.unwrap().to_vec()).unwrap()
+    };
+    // What the upstream sends when usage is asked for, fetched from the mock directly.
+    let upstream = fetch(
+        format!("{}/chat/completions", mock.base()),
+        with_usage,
+        "direct",
+    )
+    .await;
+    let usage_event = upstream
+        .split_inclusive("\n\n")
+        .find(|e| e.contains("\"usage\""))
+        .expect("the mock sends a usage chunk")
+        .to_owned();
+
+    let asked = fetch(proxy.url("/v1/chat/completions"), with_usage, "asked").await;
+    assert_eq!(
+        asked, upstream,
+        "a client that asked gets the stream byte for byte"
+    );
+    let not_asked = fetch(proxy.url("/v1/chat/completions"), without, "not-asked").await;
+    assert_eq!(
+        not_asked,
+        upstream.replace(&usage_event, ""),
+        "a client that did not ask gets the same stream without the usage chunk"
+    );
+
+    let records = lines(&log, 2);
+    for id in ["asked", "not-asked"] {
+        let r = records.iter().find(|r| r["request_id"] == id).unwrap();
+        assert_eq!(r["total_tokens"], 10, "{id}: {r}");
+        assert_eq!(r["stream"], true);
+    }
+}
+
+#[actix_web::test]
+async fn hiding_the_usage_chunk_delays_no_event() {
+    use futures_util::StreamExt;
+    let mock = Mock::start();
+    let proxy = Proxy::start(&mock.base(), &[]);
+    let mut res = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .insert_header(("authorization", bearer()))
+        .insert_header(("content-type", "application/json"))
+        .send_body(r#"{"model":"gpt-4o-mini","messages":[],"stream":true}"#)
+        .await
+        .unwrap();
+    let mut arrivals = Vec::new();
+    while let Some(chunk) = res.next().await {
+        let chunk = chunk.unwrap();
+        let events = chunk.windows(2).filter(|w| w == b"\n\n").count();
+        if events > 0 {
+            arrivals.push((Instant::now(), events));
+        }
+    }
+    // role, four words, stop, [DONE]: each on its own, ~20 ms apart as the mock sends them.
+    assert_eq!(arrivals.len(), 7, "{arrivals:?}");
+    assert!(
+        arrivals.iter().all(|(_, n)| *n == 1),
+        "events were merged: {arrivals:?}"
+    );
+    for pair in arrivals.windows(2) {
+        assert!(
+            pair[1].0 - pair[0].0 >= Duration::from_millis(10),
+            "events were held back"
+        );
+    }
+}

@@ -248,6 +248,94 @@ where
     }
 }
 
+/// The request body with `stream_options.include_usage = true` added, for a streamed chat
+/// completion whose client did not ask for usage itself; `None` when nothing is to change.
+pub fn with_stream_usage(body: &[u8]) -> Option<Vec<u8>> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let obj = v.as_object_mut()?;
+    if obj.get("stream").and_then(Value::as_bool) != Some(true) {
+        return None;
+    }
+    let options = obj
+        .entry("stream_options")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if options.is_null() {
+        *options = Value::Object(Default::default());
+    }
+    let options = options.as_object_mut()?;
+    if options.get("include_usage").and_then(Value::as_bool) == Some(true) {
+        return None;
+    }
+    options.insert("include_usage".into(), Value::Bool(true));
+    serde_json::to_vec(&v).ok()
+}
+
+/// True for the chat chunk that only carries usage (`"choices": []` and a `usage` object):
+/// the one the proxy asked for on the client's behalf.
+fn is_usage_only_event(event: &[u8]) -> bool {
+    event.split(|b| *b == b'\n').any(|line| {
+        line.strip_prefix(b"data:")
+            .map(<[u8]>::trim_ascii)
+            .filter(|d| d.starts_with(b"{"))
+            .and_then(|d| serde_json::from_slice::<Value>(d).ok())
+            .is_some_and(|v| {
+                v["choices"].as_array().is_some_and(Vec::is_empty) && v["usage"].is_object()
+            })
+    })
+}
+
+/// Removes the usage-only chunk from a stream whose usage the proxy requested. Complete events
+/// of each chunk go out at once; only an event split across chunks waits for its end.
+pub struct StripUsageChunk<S> {
+    inner: S,
+    pending: Vec<u8>,
+}
+
+impl<S> StripUsageChunk<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            pending: Vec::new(),
+        }
+    }
+}
+
+impl<S, E> futures_util::Stream for StripUsageChunk<S>
+where
+    S: futures_util::Stream<Item = Result<actix_web::web::Bytes, E>> + Unpin,
+{
+    type Item = Result<actix_web::web::Bytes, E>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        loop {
+            let chunk = match std::pin::Pin::new(&mut self.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => chunk,
+                Poll::Ready(None) if !self.pending.is_empty() => {
+                    let rest = std::mem::take(&mut self.pending);
+                    return Poll::Ready(Some(Ok(rest.into())));
+                }
+                other => return other,
+            };
+            self.pending.extend_from_slice(&chunk);
+            let mut out = Vec::with_capacity(self.pending.len());
+            while let Some(end) = self.pending.windows(2).position(|w| w == b"\n\n") {
+                let event: Vec<u8> = self.pending.drain(..end + 2).collect();
+                if !is_usage_only_event(&event) {
+                    out.extend_from_slice(&event);
+                }
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(out.into())));
+            }
+            // Only a partial event, or the removed chunk: nothing to send for this read.
+        }
+    }
+}
+
 /// Model names grouped into families for metric labels, so cardinality stays bounded whatever
 /// model strings the upstream returns.
 pub fn model_family(model: &str) -> &'static str {
@@ -326,6 +414,24 @@ mod tests {
         }
         m.finish();
         assert_eq!(r.borrow().usage.map(|u| u.total), Some(12));
+    }
+
+    #[test]
+    fn usage_is_requested_only_for_streams_that_did_not_ask() {
+        let injected = with_stream_usage(br#"{"model":"m","stream":true,"messages":[]}"#).unwrap();
+        let v: Value = serde_json::from_slice(&injected).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["messages"], serde_json::json!([]));
+        assert!(with_stream_usage(br#"{"model":"m","stream":false}"#).is_none());
+        assert!(
+            with_stream_usage(br#"{"stream":true,"stream_options":{"include_usage":true}}"#)
+                .is_none()
+        );
+        let kept =
+            with_stream_usage(br#"{"stream":true,"stream_options":{"include_obfuscation":false}}"#)
+                .unwrap();
+        let v: Value = serde_json::from_slice(&kept).unwrap();
+        assert_eq!(v["stream_options"]["include_obfuscation"], false);
     }
 
     #[test]

@@ -26,7 +26,9 @@ use crate::error::ApiError;
 use crate::limits::{ClientLimits, InFlight, Limiter, Refusal};
 use crate::observe::UpstreamFacts;
 use crate::observe::metrics::Metrics;
-use crate::observe::usage::{Metered, SharedReading, UsageMeter};
+use crate::observe::usage::{
+    Metered, SharedReading, StripUsageChunk, UsageMeter, with_stream_usage,
+};
 use crate::realtime::{SessionLimits, SessionTerms, bridge_upgrade, is_websocket_upgrade};
 use std::time::Instant;
 use tokio::sync::watch;
@@ -45,6 +47,7 @@ pub struct UpstreamPlan {
     tls: Arc<rustls::ClientConfig>,
     ws_tls: Arc<rustls::ClientConfig>,
     settings: UpstreamSettings,
+    inject_stream_usage: bool,
     compression: CompressionPolicy,
 }
 
@@ -81,6 +84,7 @@ impl UpstreamPlan {
             tls: Arc::new(upstream_tls_config(&[b"h2", b"http/1.1"])),
             ws_tls: Arc::new(upstream_tls_config(&[b"http/1.1"])),
             settings: settings.clone(),
+            inject_stream_usage: settings.inject_stream_usage,
             compression,
         })
     }
@@ -187,27 +191,40 @@ impl RequestBody {
 /// How the body must be looked at before (or while) it goes upstream.
 enum Inspection {
     None,
-    Json(Arc<crate::access::clients::Client>, usize),
+    /// Read the JSON body: to check the model (a scoped client) and/or to ask for stream usage.
+    Json {
+        scope: Option<Arc<crate::access::clients::Client>>,
+        limit: usize,
+        stream_usage: bool,
+    },
     Multipart(Arc<crate::access::clients::Client>, String, ModelRefusal),
 }
 
 impl Inspection {
-    /// Only clients with a model scope, and only bodies that can name a model, are inspected;
-    /// everyone else takes the zero-copy path.
-    fn of(req: &HttpRequest, body: &RequestBody, policy: &AccessPolicy) -> Self {
+    /// Bodies are read only for clients with a model scope, and for chat completions when the
+    /// proxy asks for stream usage; everything else takes the zero-copy path.
+    fn of(req: &HttpRequest, body: &RequestBody, policy: &AccessPolicy, inject: bool) -> Self {
         let caller = req.extensions().get::<Caller>().cloned();
-        let Some(client) = caller.map(|c| c.client).filter(|c| c.has_model_scope()) else {
-            return Inspection::None;
-        };
+        let scope = caller.map(|c| c.client).filter(|c| c.has_model_scope());
+        let limit = policy.max_inspect_body_bytes;
+        // Only a declared length within the limit: a larger chat request is forwarded as is.
+        let stream_usage = inject
+            && *req.method() == Method::POST
+            && req.path() == "/v1/chat/completions"
+            && matches!(body, RequestBody::Sized(len) if *len <= limit as u64);
         if matches!(body, RequestBody::None) {
             return Inspection::None;
         }
-        match body_shape(req.headers()) {
-            BodyShape::Json => Inspection::Json(client, policy.max_inspect_body_bytes),
-            BodyShape::Multipart(boundary) => {
+        match (body_shape(req.headers()), scope) {
+            (BodyShape::Json, scope) if scope.is_some() || stream_usage => Inspection::Json {
+                scope,
+                limit,
+                stream_usage,
+            },
+            (BodyShape::Multipart(boundary), Some(client)) => {
                 Inspection::Multipart(client, boundary, ModelRefusal::default())
             }
-            BodyShape::Other => Inspection::None,
+            _ => Inspection::None,
         }
     }
 }
@@ -275,19 +292,35 @@ pub async fn forward(
     }
 
     let body = RequestBody::of(&req)?;
-    let inspection = Inspection::of(&req, &body, &policy.load());
+    let inspection = Inspection::of(&req, &body, &policy.load(), plan.inject_stream_usage);
     let mut refusal = None;
+    let mut usage_injected = false;
     let sent = match (inspection, body) {
-        (Inspection::Json(client, limit), body) => {
+        (
+            Inspection::Json {
+                scope,
+                limit,
+                stream_usage,
+            },
+            body,
+        ) => {
             let declared = match body {
                 RequestBody::Sized(len) => Some(len),
                 _ => None,
             };
             let json = read_json(&mut payload, declared, limit).await?;
-            if let Some(model) = json_model(&json).filter(|m| !client.model_allowed(m)) {
+            if let Some(client) = scope
+                && let Some(model) = json_model(&json).filter(|m| !client.model_allowed(m))
+            {
                 return Err(model_refused(&model));
             }
-            upstream.send_body(json)
+            match stream_usage.then(|| with_stream_usage(&json)).flatten() {
+                Some(asked) => {
+                    usage_injected = true;
+                    upstream.send_body(asked)
+                }
+                None => upstream.send_body(json),
+            }
         }
         (Inspection::Multipart(client, boundary, refused), body) => {
             refusal = Some(Rc::clone(&refused));
@@ -346,11 +379,24 @@ pub async fn forward(
         &req,
         response,
         plan.compression,
-        slot,
-        metrics.into_inner(),
-        meter,
-        charge,
+        BodyWatch {
+            slot,
+            metrics: metrics.into_inner(),
+            meter,
+            charge,
+            usage_injected,
+        },
     ))
+}
+
+/// What rides along with a response body until it is done: the client's concurrency slot,
+/// the metrics, the usage meter and token charge, and whether the usage chunk must be hidden.
+struct BodyWatch {
+    slot: InFlight,
+    metrics: Arc<Metrics>,
+    meter: Option<UsageMeter>,
+    charge: Option<TokenCharge>,
+    usage_injected: bool,
 }
 
 /// Charges a response's real usage to the client's tokens-per-minute window when its body is
@@ -423,11 +469,15 @@ fn relay(
     req: &HttpRequest,
     mut upstream: awc::ClientResponse<Decoder<actix_http::Payload>>,
     compression: CompressionPolicy,
-    slot: InFlight,
-    metrics: Arc<Metrics>,
-    meter: Option<UsageMeter>,
-    charge: Option<TokenCharge>,
+    watch: BodyWatch,
 ) -> HttpResponse {
+    let BodyWatch {
+        slot,
+        metrics,
+        meter,
+        charge,
+        usage_injected,
+    } = watch;
     let status = upstream.status();
     let upstream_headers = upstream.headers();
     let decode = decode_for_client(req.headers(), upstream_headers);
@@ -445,7 +495,16 @@ fn relay(
 
     let stream = StreamGauge::open(is_event_stream(upstream_headers).then(|| Arc::clone(&metrics)));
     let mut builder = HttpResponse::build(status);
-    let payload = Metered::new(upstream.take_payload(), meter).take_while(move |item| {
+    // The meter sees the usage chunk the proxy asked for; the client, which did not ask, does
+    // not.
+    let strip_usage = usage_injected && is_event_stream(upstream_headers);
+    let metered = Metered::new(upstream.take_payload(), meter);
+    let payload = if strip_usage {
+        futures_util::future::Either::Left(StripUsageChunk::new(metered))
+    } else {
+        futures_util::future::Either::Right(metered)
+    };
+    let payload = payload.take_while(move |item| {
         // Owning the client's concurrency slot and the stream gauge here keeps both taken
         // until the body is done.
         let (_slot, _stream, _charge) = (&slot, &stream, &charge);
