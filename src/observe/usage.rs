@@ -251,6 +251,14 @@ where
 /// The request body with `stream_options.include_usage = true` added, for a streamed chat
 /// completion whose client did not ask for usage itself; `None` when nothing is to change.
 pub fn with_stream_usage(body: &[u8]) -> Option<Vec<u8>> {
+    // Most requests are not streamed: find that out without building the whole document.
+    #[derive(serde::Deserialize)]
+    struct Streamed {
+        stream: Option<bool>,
+    }
+    if serde_json::from_slice::<Streamed>(body).ok()?.stream != Some(true) {
+        return None;
+    }
     let mut v: Value = serde_json::from_slice(body).ok()?;
     let obj = v.as_object_mut()?;
     if obj.get("stream").and_then(Value::as_bool) != Some(true) {
