@@ -106,7 +106,9 @@ impl Histogram {
 
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, &'static str, u16), u64>>,
+    /// By client, then by (path group, status): the outer lookup borrows the name, so a
+    /// request allocates nothing once its series exists.
+    requests: Mutex<BTreeMap<String, BTreeMap<(&'static str, u16), u64>>>,
     duration: Mutex<BTreeMap<&'static str, Histogram>>,
     first_byte: Histogram,
     in_flight: AtomicI64,
@@ -133,12 +135,14 @@ impl Metrics {
     /// A response finished (its body too, for streams).
     pub fn request_finished(&self, client: &str, group: &'static str, status: u16, took: Duration) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        *self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((client.to_owned(), group, status))
-            .or_default() += 1;
+        {
+            let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+            let per_client = match requests.get_mut(client) {
+                Some(series) => series,
+                None => requests.entry(client.to_owned()).or_default(),
+            };
+            *per_client.entry((group, status)).or_default() += 1;
+        }
         self.duration
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -191,17 +195,19 @@ impl Metrics {
         let mut out = String::with_capacity(8 * 1024);
         out += "# HELP oap_requests_total Requests answered, by client, path group and status.\n";
         out += "# TYPE oap_requests_total counter\n";
-        for ((client, group, status), n) in self
+        for (client, series) in self
             .requests
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
         {
-            let _ = writeln!(
-                out,
-                "oap_requests_total{{client=\"{}\",path_group=\"{group}\",status=\"{status}\"}} {n}",
-                escape(client)
-            );
+            for ((group, status), n) in series {
+                let _ = writeln!(
+                    out,
+                    "oap_requests_total{{client=\"{}\",path_group=\"{group}\",status=\"{status}\"}} {n}",
+                    escape(client)
+                );
+            }
         }
         out += "# HELP oap_request_duration_seconds Time from request to the end of the response body.\n";
         out += "# TYPE oap_request_duration_seconds histogram\n";

@@ -70,15 +70,15 @@ fn usage_of(v: &Value) -> Option<Usage> {
 /// The JSON value right after the last `"key":` in `bytes`, if it parses.
 fn value_after(bytes: &[u8], key: &str, last: bool) -> Option<Value> {
     let needle = format!("\"{key}\"");
-    let mut positions = bytes
-        .windows(needle.len())
-        .enumerate()
-        .filter(|(_, w)| *w == needle.as_bytes())
-        .map(|(i, _)| i);
+    let needle = needle.as_bytes();
+    // Compare only where a quote starts: a byte-wise window scan would call memcmp at every
+    // position of a 16 KiB tail.
+    let mut starts = (0..=bytes.len().saturating_sub(needle.len()))
+        .filter(|&i| bytes[i] == b'"' && bytes[i..].starts_with(needle));
     let pos = if last {
-        positions.next_back()?
+        starts.next_back()?
     } else {
-        positions.next()?
+        starts.next()?
     };
     let rest = &bytes[pos + needle.len()..];
     let colon = rest.iter().position(|b| *b == b':')?;
