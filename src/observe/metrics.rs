@@ -104,11 +104,13 @@ impl Histogram {
     }
 }
 
+type SeriesByGroupAndStatus = BTreeMap<(&'static str, u16), u64>;
+
 #[derive(Default)]
 pub struct Metrics {
     /// By client, then by (path group, status): the outer lookup borrows the name, so a
     /// request allocates nothing once its series exists.
-    requests: Mutex<BTreeMap<String, BTreeMap<(&'static str, u16), u64>>>,
+    requests: Mutex<BTreeMap<String, SeriesByGroupAndStatus>>,
     duration: Mutex<BTreeMap<&'static str, Histogram>>,
     first_byte: Histogram,
     in_flight: AtomicI64,
