@@ -210,6 +210,12 @@ fn usage_from_json_gzip_and_streams_reaches_audit_and_metrics() {
         metrics.contains(r#"oap_tokens_total{client="default",model="gpt-4o",kind="prompt"} 22"#),
         "{metrics}"
     );
+    assert!(
+        metrics.contains(
+            r#"oap_requests_total{client="default",path_group="chat",model="gpt-4o",status="200"} 2"#
+        ),
+        "{metrics}"
+    );
 }
 
 #[actix_web::test]

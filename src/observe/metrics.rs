@@ -104,7 +104,7 @@ impl Histogram {
     }
 }
 
-type SeriesByGroupAndStatus = BTreeMap<(&'static str, u16), u64>;
+type SeriesByGroupAndStatus = BTreeMap<(&'static str, &'static str, u16), u64>;
 
 #[derive(Default)]
 pub struct Metrics {
@@ -135,7 +135,14 @@ impl Metrics {
     }
 
     /// A response finished (its body too, for streams).
-    pub fn request_finished(&self, client: &str, group: &'static str, status: u16, took: Duration) {
+    pub fn request_finished(
+        &self,
+        client: &str,
+        group: &'static str,
+        model: &'static str,
+        status: u16,
+        took: Duration,
+    ) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         {
             let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
@@ -143,7 +150,7 @@ impl Metrics {
                 Some(series) => series,
                 None => requests.entry(client.to_owned()).or_default(),
             };
-            *per_client.entry((group, status)).or_default() += 1;
+            *per_client.entry((group, model, status)).or_default() += 1;
         }
         self.duration
             .lock()
@@ -195,7 +202,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
-        out += "# HELP oap_requests_total Requests answered, by client, path group and status.\n";
+        out += "# HELP oap_requests_total Requests answered, by client, path group, model family and status.\n";
         out += "# TYPE oap_requests_total counter\n";
         for (client, series) in self
             .requests
@@ -203,10 +210,10 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
         {
-            for ((group, status), n) in series {
+            for ((group, model, status), n) in series {
                 let _ = writeln!(
                     out,
-                    "oap_requests_total{{client=\"{}\",path_group=\"{group}\",status=\"{status}\"}} {n}",
+                    "oap_requests_total{{client=\"{}\",path_group=\"{group}\",model=\"{model}\",status=\"{status}\"}} {n}",
                     escape(client)
                 );
             }
@@ -376,11 +383,11 @@ mod tests {
     fn renders_counters_and_histograms() {
         let m = Metrics::default();
         m.request_started();
-        m.request_finished("a\"b", "chat", 200, Duration::from_millis(30));
+        m.request_finished("a\"b", "chat", "gpt-4o", 200, Duration::from_millis(30));
         m.first_byte(Duration::from_millis(20));
         let text = m.render();
         assert!(
-            text.contains(r#"oap_requests_total{client="a\"b",path_group="chat",status="200"} 1"#),
+            text.contains(r#"oap_requests_total{client="a\"b",path_group="chat",model="gpt-4o",status="200"} 1"#),
             "{text}"
         );
         assert!(

@@ -100,7 +100,7 @@ where
             Ok(res) => res,
             Err(e) => {
                 obs.metrics
-                    .request_finished("-", group, 500, started.elapsed());
+                    .request_finished("-", group, "none", 500, started.elapsed());
                 return Err(e);
             }
         };
@@ -126,13 +126,17 @@ where
             Recorded::new(BoxBody::new(body), move |bytes_out| {
                 let client = caller.as_ref().map_or("-", |c| c.client.name.as_str());
                 let took = started.elapsed();
-                obs.metrics.request_finished(client, group, status, took);
                 let facts = facts.unwrap_or_default();
                 let reading = facts.usage.map(|r| r.borrow().clone());
-                if let Some(r) = &reading
-                    && let Some(u) = r.usage
-                {
-                    let family = r.model.as_deref().map_or("other", usage::model_family);
+                // The model as the upstream named it in its answer (grouped into families);
+                // `none` where no JSON or event-stream answer said.
+                let family = reading
+                    .as_ref()
+                    .and_then(|r| r.model.as_deref())
+                    .map_or("none", usage::model_family);
+                obs.metrics
+                    .request_finished(client, group, family, status, took);
+                if let Some(u) = reading.as_ref().and_then(|r| r.usage) {
                     obs.metrics.tokens(client, family, u.prompt, u.completion);
                 }
                 let Some(audit) = &obs.audit else { return };
