@@ -90,33 +90,55 @@ impl RedisStore {
             .cloned()
     }
 
-    /// The request-rate check for `client`, or an error when Redis cannot answer in time.
-    pub async fn check_rate(&self, client: &str, rpm: u32) -> Result<Result<(), Refusal>, String> {
+    /// Runs one GCRA script for `key` with a per-unit interval for `per_minute` units and the
+    /// given cost, bounded by the timeout. Returns (admitted, retry_after, reset).
+    async fn gcra(
+        &self,
+        script: &redis::Script,
+        key: String,
+        per_minute: u32,
+        cost: Option<u64>,
+    ) -> Result<(bool, Duration, Duration), String> {
         if self.now_ms() < self.skip_until_ms.load(Ordering::Relaxed) {
             return Err("backing off after a recent failure".into());
         }
         let minute_us: u64 = 60_000_000;
-        let interval = minute_us / u64::from(rpm.max(1));
+        let interval = minute_us / u64::from(per_minute.max(1));
         let attempt = async {
             let mut conn = self.connection().await?;
-            self.script
-                .key(format!("oap:rpm:{client}"))
-                .arg(interval)
-                .arg(minute_us - interval)
-                .invoke_async::<(u8, u64, u64)>(&mut conn)
-                .await
+            let mut invocation = script.key(key);
+            invocation.arg(interval).arg(minute_us - interval);
+            if let Some(cost) = cost {
+                invocation.arg(cost);
+            }
+            invocation.invoke_async::<(u8, u64, u64)>(&mut conn).await
         };
         match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(Ok((1, _, _))) => Ok(Ok(())),
-            Ok(Ok((_, retry_us, reset_us))) => Ok(Err(Refusal::Requests {
-                limit: rpm,
-                remaining: 0,
-                reset: Duration::from_micros(reset_us),
-                retry_after: Duration::from_micros(retry_us),
-            })),
+            Ok(Ok((admitted, retry_us, reset_us))) => Ok((
+                admitted == 1,
+                Duration::from_micros(retry_us),
+                Duration::from_micros(reset_us),
+            )),
             Ok(Err(e)) => Err(self.failed(e.to_string())),
             Err(_) => Err(self.failed(format!("no answer within {} ms", self.timeout.as_millis()))),
         }
+    }
+
+    /// The request-rate check for `client`, or an error when Redis cannot answer in time.
+    pub async fn check_rate(&self, client: &str, rpm: u32) -> Result<Result<(), Refusal>, String> {
+        let (admitted, retry_after, reset) = self
+            .gcra(&self.script, format!("oap:rpm:{client}"), rpm, None)
+            .await?;
+        Ok(if admitted {
+            Ok(())
+        } else {
+            Err(Refusal::Requests {
+                limit: rpm,
+                remaining: 0,
+                reset,
+                retry_after,
+            })
+        })
     }
 
     /// Charges `cost` tokens (0: only checks) and says whether the window still has room.
@@ -126,31 +148,23 @@ impl RedisStore {
         tpm: u32,
         cost: u64,
     ) -> Result<Result<(), Refusal>, String> {
-        if self.now_ms() < self.skip_until_ms.load(Ordering::Relaxed) {
-            return Err("backing off after a recent failure".into());
-        }
-        let minute_us: u64 = 60_000_000;
-        let interval = minute_us / u64::from(tpm.max(1));
-        let attempt = async {
-            let mut conn = self.connection().await?;
-            self.tokens_script
-                .key(format!("oap:tpm:{client}"))
-                .arg(interval)
-                .arg(minute_us - interval)
-                .arg(cost)
-                .invoke_async::<(u8, u64, u64)>(&mut conn)
-                .await
-        };
-        match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(Ok((1, _, _))) => Ok(Ok(())),
-            Ok(Ok((_, retry_us, debt_us))) => Ok(Err(Refusal::Tokens {
+        let (admitted, retry_after, reset) = self
+            .gcra(
+                &self.tokens_script,
+                format!("oap:tpm:{client}"),
+                tpm,
+                Some(cost),
+            )
+            .await?;
+        Ok(if admitted {
+            Ok(())
+        } else {
+            Err(Refusal::Tokens {
                 limit: tpm,
-                reset: Duration::from_micros(debt_us),
-                retry_after: Duration::from_micros(retry_us),
-            })),
-            Ok(Err(e)) => Err(self.failed(e.to_string())),
-            Err(_) => Err(self.failed(format!("no answer within {} ms", self.timeout.as_millis()))),
-        }
+                reset,
+                retry_after,
+            })
+        })
     }
 
     fn failed(&self, why: String) -> String {
