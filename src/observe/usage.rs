@@ -124,7 +124,7 @@ impl UsageMeter {
 
     pub fn feed(&mut self, chunk: &[u8]) {
         let decoded: Vec<u8> = match &mut self.decode {
-            Decode::Identity => return self.take(chunk.to_vec()),
+            Decode::Identity => return self.take(chunk),
             Decode::Gzip(d) => {
                 if d.write_all(chunk).and_then(|_| d.flush()).is_err() {
                     return;
@@ -138,23 +138,23 @@ impl UsageMeter {
                 std::mem::take(d.get_mut())
             }
         };
-        self.take(decoded);
+        self.take(&decoded);
     }
 
-    fn take(&mut self, bytes: Vec<u8>) {
+    fn take(&mut self, bytes: &[u8]) {
         match &mut self.shape {
             Shape::Json { head, tail } => {
                 if head.len() < HEAD_BYTES {
                     let n = (HEAD_BYTES - head.len()).min(bytes.len());
                     head.extend_from_slice(&bytes[..n]);
                 }
-                tail.extend_from_slice(&bytes);
+                tail.extend_from_slice(bytes);
                 if tail.len() > TAIL_BYTES {
                     tail.drain(..tail.len() - TAIL_BYTES);
                 }
             }
             Shape::Events { pending } => {
-                pending.extend_from_slice(&bytes);
+                pending.extend_from_slice(bytes);
                 while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
                     let event: Vec<u8> = pending.drain(..end + 2).collect();
                     Self::event(&self.reading, &event);
@@ -196,7 +196,7 @@ impl UsageMeter {
         if let Decode::Gzip(d) = &mut self.decode {
             let _ = d.try_finish();
             let rest = std::mem::take(d.get_mut());
-            self.take(rest);
+            self.take(&rest);
         }
         let mut r = self.reading.borrow_mut();
         if let Shape::Json { head, tail } = &self.shape {
