@@ -13,7 +13,11 @@ use tokio::sync::watch;
 
 use crate::error::ApiError;
 use crate::limits::InFlight;
+use crate::observe::UpstreamFacts;
+use crate::observe::usage::SharedReading;
 use crate::proxy::headers::copy_request_headers;
+use actix_web::HttpMessage;
+use std::rc::Rc;
 
 /// Browsers cannot set headers on a WebSocket, so OpenAI's SDKs put the key in a subprotocol.
 pub const INSECURE_KEY_PROTOCOL: &str = "openai-insecure-api-key.";
@@ -137,13 +141,45 @@ pub async fn bridge_upgrade(
     }
     let messages = messages.max_frame_size(limits.max_frame_bytes);
     let gauge = crate::proxy::forward::StreamGauge::open(Some(metrics));
+    // Usage from the session's `response.done` events, for the audit line and metrics written
+    // when the session ends.
+    let reading = SharedReading::default();
+    req.extensions_mut().insert(UpstreamFacts {
+        first_byte: None,
+        usage: Some(Rc::clone(&reading)),
+    });
     actix_web::rt::spawn(async move {
-        bridge(session, messages, framed, limits, draining).await;
+        bridge(session, messages, framed, limits, draining, &reading).await;
         drop(gauge);
         // The session counted against the client's concurrency until now.
         drop(slot);
     });
     Ok(response)
+}
+
+/// Adds the usage of a `response.done` event to the session's running total.
+fn add_response_usage(reading: &SharedReading, text: &str) {
+    if !text.contains("\"response.done\"") {
+        return;
+    }
+    let Ok(event) = serde_json::from_str::<serde_json::Value>(text) else {
+        return;
+    };
+    if event["type"] != "response.done" {
+        return;
+    }
+    let usage = &event["response"]["usage"];
+    let get = |k: &str| usage[k].as_u64().unwrap_or(0);
+    let (input, output) = (get("input_tokens"), get("output_tokens"));
+    let mut r = reading.borrow_mut();
+    let mut total = r.usage.unwrap_or_default();
+    total.prompt += input;
+    total.completion += output;
+    total.total += usage["total_tokens"].as_u64().unwrap_or(input + output);
+    r.usage = Some(total);
+    if r.model.is_none() {
+        r.model = event["response"]["model"].as_str().map(str::to_owned);
+    }
 }
 
 fn reason(code: CloseCode, text: &str) -> Option<CloseReason> {
@@ -162,6 +198,7 @@ async fn bridge(
     upstream: actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>,
     limits: SessionLimits,
     mut draining: Option<watch::Receiver<bool>>,
+    reading: &SharedReading,
 ) {
     let (mut up_tx, mut up_rx) = upstream.split();
     let idle = actix_web::rt::time::sleep(limits.idle_timeout);
@@ -200,7 +237,10 @@ async fn bridge(
                     idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
                     let sent = match frame {
                         Frame::Text(bytes) => match ByteString::try_from(bytes) {
-                            Ok(text) => session.text(text).await,
+                            Ok(text) => {
+                                add_response_usage(reading, &text);
+                                session.text(text).await
+                            }
                             Err(_) => break (
                                 Some(reason(CloseCode::Invalid, "upstream sent invalid UTF-8")),
                                 Some(reason(CloseCode::Invalid, "invalid UTF-8")),
@@ -235,6 +275,8 @@ async fn bridge(
             }
         }
     };
+    // Before the close frames go out: the audit line is written when the client's side ends.
+    reading.borrow_mut().complete = true;
     // The closing handshake: let the upstream answer and hang up first. Shutting our side at
     // once can make a server drop the close frame still in its buffer.
     if let Some(r) = to_upstream

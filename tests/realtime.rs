@@ -288,3 +288,51 @@ async fn graceful_shutdown_closes_sessions_with_1001_at_the_end_of_the_grace_per
         .expect("proxy did not exit after the drain");
     assert!(status.success());
 }
+
+#[actix_web::test]
+async fn session_usage_reaches_the_audit_log() {
+    let mock = Mock::start();
+    let dir = fresh_dir();
+    let proxy = Proxy::start_in(dir.clone(), &mock.base(), &[("AUDIT_LOG", "audit.log")]);
+    let (_, mut conn) = awc::Client::new()
+        .ws(ws_url(&proxy))
+        .bearer_auth(TOKEN)
+        .connect()
+        .await
+        .unwrap();
+    next_data(&mut conn).await;
+    for _ in 0..2 {
+        conn.send(Message::Text(r#"{"type":"response.create"}"#.into()))
+            .await
+            .unwrap();
+        match next_data(&mut conn).await {
+            Frame::Text(t) => assert!(String::from_utf8_lossy(&t).contains("response.done")),
+            other => panic!("expected response.done, got {other:?}"),
+        }
+    }
+    conn.send(Message::Close(Some(CloseCode::Normal.into())))
+        .await
+        .unwrap();
+    let _ = conn.next().await;
+    drop(conn);
+    let log = dir.join("audit.log");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("/v1/realtime")) {
+            break serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no audit line for the session: {text}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(line["status"], 101);
+    assert_eq!(line["stream"], true);
+    assert_eq!(
+        line["total_tokens"], 14,
+        "two response.done events of 7 tokens: {line}"
+    );
+    assert_eq!(line["prompt_tokens"], 6);
+}
