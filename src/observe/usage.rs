@@ -67,8 +67,32 @@ fn usage_of(v: &Value) -> Option<Usage> {
     })
 }
 
-/// The JSON value right after the last `"key":` in `bytes`, if it parses.
-fn value_after(bytes: &[u8], key: &str, last: bool) -> Option<Value> {
+/// The usage fields of every OpenAI endpoint (chat/completions/embeddings use `prompt_` and
+/// `completion_`, the Responses and Realtime APIs `input_` and `output_`), read straight into
+/// a struct: no map is built for a usage object.
+#[derive(serde::Deserialize)]
+struct UsageFields {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+}
+
+impl From<UsageFields> for Usage {
+    fn from(u: UsageFields) -> Usage {
+        let prompt = u.prompt_tokens.or(u.input_tokens).unwrap_or(0);
+        let completion = u.completion_tokens.or(u.output_tokens).unwrap_or(0);
+        Usage {
+            prompt,
+            completion,
+            total: u.total_tokens.unwrap_or(prompt + completion),
+        }
+    }
+}
+
+/// The JSON value right after the last (or first) `"key":` in `bytes`, if it parses as `T`.
+fn value_after<T: serde::de::DeserializeOwned>(bytes: &[u8], key: &str, last: bool) -> Option<T> {
     let needle = format!("\"{key}\"");
     let needle = needle.as_bytes();
     // Compare only where a quote starts: a byte-wise window scan would call memcmp at every
@@ -82,7 +106,7 @@ fn value_after(bytes: &[u8], key: &str, last: bool) -> Option<Value> {
     };
     let rest = &bytes[pos + needle.len()..];
     let colon = rest.iter().position(|b| *b == b':')?;
-    let mut values = serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter::<Value>();
+    let mut values = serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter::<T>();
     values.next()?.ok()
 }
 
@@ -200,8 +224,8 @@ impl UsageMeter {
         }
         let mut r = self.reading.borrow_mut();
         if let Shape::Json { head, tail } = &self.shape {
-            r.usage = value_after(tail, "usage", true).as_ref().and_then(usage_of);
-            r.model = value_after(head, "model", false).and_then(|v| v.as_str().map(str::to_owned));
+            r.usage = value_after::<UsageFields>(tail, "usage", true).map(Usage::from);
+            r.model = value_after::<String>(head, "model", false);
         }
         r.complete = true;
     }
