@@ -194,8 +194,9 @@ fn upstream_sees_the_key_never_the_token_nor_hop_by_hop_headers() {
         !head.contains("keep-alive: timeout") && !head.contains("proxy-connection"),
         "{head}"
     );
+    // The access line is written once the response has been sent.
     assert!(
-        proxy.logs().contains("upstream_request_id=req_mock_123"),
+        proxy.has_logged("upstream_request_id=req_mock_123"),
         "access line lacks the upstream request id:\n{}",
         proxy.logs()
     );
@@ -253,4 +254,28 @@ fn head_requests_keep_the_upstream_length_without_a_body() {
     );
     assert_eq!(body_of(&res), "");
     assert_eq!(mock.state.last_request().method, "HEAD");
+}
+
+#[test]
+fn upstream_redirects_reach_the_client_unfollowed() {
+    let mock = Mock::start();
+    let proxy = Proxy::start(&mock.base(), &[]);
+    let res = get(
+        &proxy,
+        "/v1/redirect",
+        &[&format!("Authorization: {}", bearer())],
+    );
+    assert_eq!(status_of(&res), 302, "{res}");
+    assert!(
+        res.to_ascii_lowercase().contains("location: /v1/models"),
+        "{res}"
+    );
+    let followed = mock
+        .state
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| r.path == "/v1/models");
+    assert!(!followed, "the proxy followed the redirect");
 }

@@ -101,6 +101,14 @@ impl Mock {
                         .route("/v1/download", web::to(download))
                         .route("/v1/gzip", web::to(gzip))
                         .route("/v1/gzip-chat", web::to(gzip_chat))
+                        .route(
+                            "/v1/redirect",
+                            web::to(|| async {
+                                HttpResponse::Found()
+                                    .insert_header(("location", "/v1/models"))
+                                    .finish()
+                            }),
+                        )
                         .route("/v1/broken-stream", web::to(broken_stream))
                         .route("/v1/audio", web::to(audio))
                         .route("/v1/chat/completions", web::post().to(chat_completions))

@@ -131,6 +131,19 @@ impl Proxy {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Waits up to 5 s for a log line containing `needle` (lines reach the test through a pipe
+    /// and a reader thread, a little after the proxy wrote them).
+    pub fn has_logged(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.logs().contains(needle) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     /// Resident set size in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
         rss_kib(self.pid())
