@@ -315,3 +315,32 @@ fn local_cert_script_output_is_served_and_trusted() {
     );
     assert_eq!(String::from_utf8_lossy(&curl.stdout), "ok");
 }
+
+#[test]
+fn only_tls_12_and_13_are_offered() {
+    let mock = Mock::start();
+    let dir = fresh_dir();
+    let pki = Pki::new(&dir, "server");
+    let (cert, key) = pki.issue("localhost", &["localhost", "127.0.0.1"], false);
+    let proxy = Proxy::start(
+        &mock.base(),
+        &tls_env(cert.to_str().unwrap(), key.to_str().unwrap()),
+    );
+    let handshake = |version: &str| {
+        std::process::Command::new("openssl")
+            .args(["s_client", "-connect", &proxy.addr.to_string(), version])
+            // Let the client offer old versions at all (OpenSSL 3 refuses them by default).
+            .args(["-cipher", "DEFAULT:@SECLEVEL=0"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("the openssl CLI is needed for this test")
+    };
+    assert!(handshake("-tls1_3").status.success(), "TLS 1.3 refused");
+    assert!(handshake("-tls1_2").status.success(), "TLS 1.2 refused");
+    let old = handshake("-tls1_1");
+    let text =
+        String::from_utf8_lossy(&old.stdout).to_string() + &String::from_utf8_lossy(&old.stderr);
+    assert!(!old.status.success(), "TLS 1.1 accepted");
+    // The refusal must come from the server (an alert), not from the client's own policy.
+    assert!(text.contains("alert"), "{text}");
+}
