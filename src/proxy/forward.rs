@@ -203,9 +203,16 @@ enum Inspection {
 impl Inspection {
     /// Bodies are read only for clients with a model scope, and for chat completions when the
     /// proxy asks for stream usage; everything else takes the zero-copy path.
-    fn of(req: &HttpRequest, body: &RequestBody, policy: &AccessPolicy, inject: bool) -> Self {
-        let caller = req.extensions().get::<Caller>().cloned();
-        let scope = caller.map(|c| c.client).filter(|c| c.has_model_scope());
+    fn of(
+        req: &HttpRequest,
+        caller: Option<&Caller>,
+        body: &RequestBody,
+        policy: &AccessPolicy,
+        inject: bool,
+    ) -> Self {
+        let scope = caller
+            .map(|c| Arc::clone(&c.client))
+            .filter(|c| c.has_model_scope());
         let limit = policy.max_inspect_body_bytes;
         // Only a declared length within the limit: a larger chat request is forwarded as is.
         let stream_usage = inject
@@ -249,7 +256,13 @@ pub async fn forward(
     let path = req.path();
     let uri = upstream_uri(&plan.base, path, req.uri().query())?;
     // Held until the response (a stream, a session) has ended.
-    let slot = admit(&req, &policy, &limiter, &metrics).await?;
+    // Who is calling, and under which policy and limits: read once for the whole request.
+    let policy = policy.load_full();
+    let caller = req.extensions().get::<Caller>().cloned();
+    let limits = caller
+        .as_ref()
+        .map(|c| ClientLimits::with_defaults(c.client.limits, policy.default_limits));
+    let slot = admit(caller.as_ref(), limits, &limiter, &metrics).await?;
     // The guard let only admin clients through to the admin API when an admin key is set.
     let authorization = match &plan.admin_authorization {
         Some(admin) if path.starts_with(ADMIN_PREFIX) => admin,
@@ -292,7 +305,13 @@ pub async fn forward(
     }
 
     let body = RequestBody::of(&req)?;
-    let inspection = Inspection::of(&req, &body, &policy.load(), plan.inject_stream_usage);
+    let inspection = Inspection::of(
+        &req,
+        caller.as_ref(),
+        &body,
+        &policy,
+        plan.inject_stream_usage,
+    );
     let mut refusal = None;
     let mut usage_injected = false;
     let sent = match (inspection, body) {
@@ -366,8 +385,8 @@ pub async fn forward(
         Rc::clone(&reading),
     );
     let charge = token_charge(
-        &req,
-        &policy,
+        caller.as_ref(),
+        limits,
         &limiter,
         meter.is_some().then(|| Rc::clone(&reading)),
     );
@@ -421,31 +440,28 @@ impl Drop for TokenCharge {
 }
 
 fn token_charge(
-    req: &HttpRequest,
-    policy: &SharedPolicy,
+    caller: Option<&Caller>,
+    limits: Option<ClientLimits>,
     limiter: &web::Data<Limiter>,
     reading: Option<SharedReading>,
 ) -> Option<TokenCharge> {
-    let caller = req.extensions().get::<Caller>().cloned()?;
-    let limits = ClientLimits::with_defaults(caller.client.limits, policy.load().default_limits);
     Some(TokenCharge {
         limiter: Arc::clone(limiter),
-        client: caller.client.name.clone(),
-        tpm: limits.tokens_per_minute?,
+        client: caller?.client.name.clone(),
+        tpm: limits?.tokens_per_minute?,
         reading: reading?,
     })
 }
 
 async fn admit(
-    req: &HttpRequest,
-    policy: &SharedPolicy,
+    caller: Option<&Caller>,
+    limits: Option<ClientLimits>,
     limiter: &Limiter,
     metrics: &Metrics,
 ) -> Result<InFlight, ApiError> {
-    let Some(caller) = req.extensions().get::<Caller>().cloned() else {
+    let (Some(caller), Some(limits)) = (caller, limits) else {
         return Ok(InFlight::none());
     };
-    let limits = ClientLimits::with_defaults(caller.client.limits, policy.load().default_limits);
     limiter
         .admit(&caller.client.name, limits)
         .await
