@@ -27,10 +27,12 @@ if ! need nginx || ! need curl || ! need taskset; then
 fi
 need oha || cargo install oha --locked --quiet
 echo "building (release)..." >&2
-cargo build --release --locked --quiet --bin openai-auth-proxy --example mock-upstream --example stream-client
+cargo build --release --locked --quiet --bin openai-auth-proxy --example mock-upstream --example stream-client --example bare-forwarder
 BIN=target/release/openai-auth-proxy
 MOCK=target/release/examples/mock-upstream
 CLIENT=target/release/examples/stream-client
+BARE=target/release/examples/bare-forwarder
+BARE_PORT=19083
 
 work=$(mktemp -d)
 pids=()
@@ -119,9 +121,15 @@ NGINX
 taskset -c 0 nginx -c "$work/nginx.conf" -p "$work"
 wait_healthy "http://127.0.0.1:$NGINX_PORT/healthz"
 
-declare -A URL=( [direct]="http://127.0.0.1:$MOCK_PORT" [proxy]="http://127.0.0.1:$PROXY_PORT" [nginx]="http://127.0.0.1:$NGINX_PORT" )
-TARGETS=(direct proxy nginx)
-server_pid() { case "$1" in proxy) echo "$PROXY_PID" ;; nginx) nginx_worker ;; *) echo "" ;; esac; }
+# The design's floor: actix-web + awc forwarding with no feature at all, pinned like the proxy.
+BARE_PORT=$BARE_PORT UPSTREAM="http://127.0.0.1:$MOCK_PORT" taskset -c 0 "$BARE" 2>/dev/null &
+BARE_PID=$!
+pids+=("$BARE_PID")
+wait_healthy "http://127.0.0.1:$BARE_PORT/v1/models"
+
+declare -A URL=( [direct]="http://127.0.0.1:$MOCK_PORT" [proxy]="http://127.0.0.1:$PROXY_PORT" [nginx]="http://127.0.0.1:$NGINX_PORT" [bare]="http://127.0.0.1:$BARE_PORT" )
+TARGETS=(direct proxy nginx bare)
+server_pid() { case "$1" in proxy) echo "$PROXY_PID" ;; nginx) nginx_worker ;; bare) echo "$BARE_PID" ;; *) echo "" ;; esac; }
 
 declare -A R  # R[scenario,target] = space-separated values, one per round
 add() { R["$1,$2"]="${R["$1,$2"]:-} $3"; }
@@ -152,6 +160,8 @@ for round in $(seq 1 "$ROUNDS"); do
       c1=$(cpu_ticks "$pid")
       add a_cpu "$t" "$(python3 -c "print(round(($c1-$c0)*1e6/$(getconf CLK_TCK)/max($ok,1),1))")"
     fi
+    # The floor is measured for throughput and CPU only.
+    [ "$t" = bare ] && continue
 
     # (b) latency at a fixed 2,000 req/s, and at c=1.
     out=$(oha_json "${URL[$t]}/v1/chat/completions" -z "${DURATION}s" -c 32 -q 2000 -m POST -d "$BODY" -T application/json)
@@ -281,6 +291,7 @@ for name, key in rows:
 for name, key in [("(b) added p50 us @2000 rps", "b_p50"), ("(b) added p99 us @c=1", "b1_p99"), ("(c) added first chunk p50 us", "c_ttfc_p50_us")]:
     d, p, n = med(key, "direct"), med(key, "proxy"), med(key, "nginx")
     print(f"{name:40} {'':>22} {p-d:>22g} {n-d:>22g}")
+print(f"{'(a) design floor: actix-web + awc, no features':40} {'':>22} {cell('a_rps','bare'):>22} req/s  {cell('a_cpu','bare')} us/request  proxy/floor req/s {ratio('a_rps','proxy','bare')}")
 print()
 print(f"{'features on vs off (same build)':40} {'proxy':>22} {'+audit+limits+usage':>22} {'ratio':>12}")
 for name, key in [("(h) req/s, POST c=64", "h_rps"), ("(h) p99 us @2000 rps", "h_p99")]:

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use actix_web::dev::ServerHandle;
-use actix_web::middleware::{Compress, Logger};
+use actix_web::middleware::{Compress, Condition, Logger};
 use actix_web::{App, HttpResponse, HttpServer, web};
 use actix_web_httpauth::middleware::HttpAuthentication;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -71,6 +71,9 @@ pub fn run(settings: Settings, dir: std::path::PathBuf) -> Result<(), String> {
     let observers_mw = Arc::new(Observers::new(metrics.clone().into_inner(), audit.clone()));
     let (metrics_main, access_main) = (metrics.clone(), metrics_access.clone());
     let log_format = settings.access_log_format.clone();
+    // With access lines filtered out (RUST_LOG=warn), the Logger would still render every
+    // request's fields only to have them dropped: leave it out instead.
+    let access_log = log::log_enabled!(target: "actix_web::middleware::logger", log::Level::Info);
     let realtime = settings.realtime;
     // Flips to true when a drain's grace period ends: open WebSockets then close with 1001.
     let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
@@ -126,7 +129,8 @@ pub fn run(settings: Settings, dir: std::path::PathBuf) -> Result<(), String> {
                     })
                 })
                 .wrap_fn(move |req, srv| record(req, srv, Arc::clone(&observers)))
-                .wrap(
+                .wrap(Condition::new(
+                    access_log,
                     Logger::new(&log_format)
                         .custom_request_replace("method", |req| req.method().to_string())
                         .custom_response_replace("client", |res| {
@@ -135,7 +139,7 @@ pub fn run(settings: Settings, dir: std::path::PathBuf) -> Result<(), String> {
                                 .get::<Caller>()
                                 .map_or_else(|| "-".to_owned(), |c| c.client.name.clone())
                         }),
-                )
+                ))
                 .service(
                     web::resource("/healthz")
                         .route(web::get().to(healthz))

@@ -104,6 +104,7 @@ impl Histogram {
     }
 }
 
+type TokensByFamilyAndKind = BTreeMap<(&'static str, &'static str), u64>;
 type SeriesByGroupAndStatus = BTreeMap<(&'static str, &'static str, u16), u64>;
 
 #[derive(Default)]
@@ -117,7 +118,9 @@ pub struct Metrics {
     open_streams: AtomicI64,
     upstream_errors: Mutex<BTreeMap<&'static str, u64>>,
     rate_limited: Mutex<BTreeMap<(String, &'static str), u64>>,
-    tokens: Mutex<BTreeMap<(String, &'static str, &'static str), u64>>,
+    /// client -> (model family, kind) -> tokens; keyed by client first so a request finds its
+    /// series without allocating the client's name.
+    tokens: Mutex<BTreeMap<String, TokensByFamilyAndKind>>,
     /// Audit lines dropped because the writer's queue was full.
     pub audit_dropped: std::sync::atomic::AtomicU64,
 }
@@ -192,12 +195,12 @@ impl Metrics {
 
     pub fn tokens(&self, client: &str, family: &'static str, prompt: u64, completion: u64) {
         let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        *tokens
-            .entry((client.to_owned(), family, "prompt"))
-            .or_default() += prompt;
-        *tokens
-            .entry((client.to_owned(), family, "completion"))
-            .or_default() += completion;
+        let per_client = match tokens.get_mut(client) {
+            Some(series) => series,
+            None => tokens.entry(client.to_owned()).or_default(),
+        };
+        *per_client.entry((family, "prompt")).or_default() += prompt;
+        *per_client.entry((family, "completion")).or_default() += completion;
     }
 
     pub fn render(&self) -> String {
@@ -276,14 +279,14 @@ impl Metrics {
         }
         out += "# HELP oap_tokens_total Tokens used, from the upstream's usage, by client, model family and kind.\n";
         out += "# TYPE oap_tokens_total counter\n";
-        for ((client, family, kind), n) in
-            self.tokens.lock().unwrap_or_else(|e| e.into_inner()).iter()
-        {
-            let _ = writeln!(
-                out,
-                "oap_tokens_total{{client=\"{}\",model=\"{family}\",kind=\"{kind}\"}} {n}",
-                escape(client)
-            );
+        for (client, series) in self.tokens.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            for ((family, kind), n) in series {
+                let _ = writeln!(
+                    out,
+                    "oap_tokens_total{{client=\"{}\",model=\"{family}\",kind=\"{kind}\"}} {n}",
+                    escape(client)
+                );
+            }
         }
         out += "# HELP oap_audit_dropped_total Audit lines dropped because the queue was full.\n";
         out += "# TYPE oap_audit_dropped_total counter\n";

@@ -57,9 +57,42 @@ impl Observers {
         }
     }
 
-    fn next_id(&self) -> String {
+    /// `oap_` + the prefix + the counter in 10 hex digits, written without the formatter.
+    fn next_id(&self) -> HeaderValue {
         let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
-        format!("oap_{}{n:010x}", self.id_prefix)
+        let mut id = Vec::with_capacity(4 + self.id_prefix.len() + 16);
+        id.extend_from_slice(b"oap_");
+        id.extend_from_slice(self.id_prefix.as_bytes());
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(10);
+        for i in (0..digits).rev() {
+            id.push(b"0123456789abcdef"[((n >> (i * 4)) & 0xf) as usize]);
+        }
+        HeaderValue::from_maybe_shared(actix_web::web::Bytes::from(id))
+            .expect("ascii hex is a valid header value")
+    }
+}
+
+/// What only the audit line needs, gathered only when there is an audit log.
+struct AuditFacts {
+    method: String,
+    path: String,
+    bytes_in: u64,
+    peer: Option<std::net::IpAddr>,
+}
+
+impl AuditFacts {
+    fn of(req: &ServiceRequest) -> Self {
+        Self {
+            method: req.method().to_string(),
+            path: req.path().to_owned(),
+            bytes_in: req
+                .headers()
+                .get(actix_web::http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            peer: req.peer_addr().map(|a| a.ip()),
+        }
     }
 }
 
@@ -81,18 +114,13 @@ where
     let request_id = req
         .headers()
         .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| obs.next_id(), str::to_owned);
-    let method = req.method().to_string();
-    let path = req.path().to_owned();
-    let bytes_in = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let peer = req.peer_addr().map(|a| a.ip());
+        .filter(|v| {
+            let v = v.as_bytes();
+            !v.is_empty() && v.len() <= 128 && v.iter().all(u8::is_ascii_graphic)
+        })
+        .cloned()
+        .unwrap_or_else(|| obs.next_id());
+    let audit_facts = obs.audit.is_some().then(|| AuditFacts::of(&req));
     obs.metrics.request_started();
     let response = srv.call(req);
     async move {
@@ -105,29 +133,32 @@ where
             }
         };
         let mut res = res;
-        if let Ok(id) = HeaderValue::try_from(request_id.as_str()) {
-            res.headers_mut().insert(X_PROXY_REQUEST_ID.clone(), id);
-        }
+        res.headers_mut()
+            .insert(X_PROXY_REQUEST_ID.clone(), request_id.clone());
         let status = res.status().as_u16();
         let caller = res.request().extensions().get::<Caller>().cloned();
         let facts = res.request().extensions().get::<UpstreamFacts>().cloned();
-        let error_code = res
-            .response()
-            .extensions()
-            .get::<ProxyErrorCode>()
-            .map(|c| c.0);
-        let upstream_request_id = res
-            .headers()
-            .get(&X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let stream = status == 101 || crate::proxy::encoding::is_event_stream(res.headers());
+        // Read from the response now, while it is at hand; used only by the audit line.
+        let audit_facts = audit_facts.map(|f| {
+            let error_code = res
+                .response()
+                .extensions()
+                .get::<ProxyErrorCode>()
+                .map(|c| c.0);
+            let upstream_request_id = res
+                .headers()
+                .get(&X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let stream = status == 101 || crate::proxy::encoding::is_event_stream(res.headers());
+            (f, error_code, upstream_request_id, stream)
+        });
         Ok(res.map_body(move |_, body| {
             Recorded::new(BoxBody::new(body), move |bytes_out| {
                 let client = caller.as_ref().map_or("-", |c| c.client.name.as_str());
                 let took = started.elapsed();
                 let facts = facts.unwrap_or_default();
-                let reading = facts.usage.map(|r| r.borrow().clone());
+                let reading = facts.usage.as_ref().map(|r| r.borrow());
                 // The model as the upstream named it in its answer (grouped into families);
                 // `none` where no JSON or event-stream answer said.
                 let family = reading
@@ -136,30 +167,34 @@ where
                     .map_or("none", usage::model_family);
                 obs.metrics
                     .request_finished(client, group, family, status, took);
-                if let Some(u) = reading.as_ref().and_then(|r| r.usage) {
+                let usage = reading.as_ref().and_then(|r| r.usage);
+                if let Some(u) = usage {
                     obs.metrics.tokens(client, family, u.prompt, u.completion);
                 }
-                let Some(audit) = &obs.audit else { return };
-                let usage = reading.as_ref().and_then(|r| r.usage);
+                let (Some(audit), Some((f, error_code, upstream_request_id, stream))) =
+                    (&obs.audit, audit_facts)
+                else {
+                    return;
+                };
                 audit.record(AuditRecord {
                     ts: OffsetDateTime::now_utc()
                         .format(&Rfc3339)
                         .unwrap_or_default(),
-                    request_id,
+                    request_id: request_id.to_str().unwrap_or_default().to_owned(),
                     client: client.to_owned(),
                     client_ip: caller
                         .as_ref()
                         .map(|c| c.ip)
-                        .or(peer)
+                        .or(f.peer)
                         .map(|ip| ip.to_string()),
-                    method,
-                    path,
+                    method: f.method,
+                    path: f.path,
                     model: reading.as_ref().and_then(|r| r.model.clone()),
                     status,
                     upstream_request_id,
                     ttfb_ms: facts.first_byte.map(|d| d.as_secs_f64() * 1000.0),
                     duration_ms: took.as_secs_f64() * 1000.0,
-                    bytes_in,
+                    bytes_in: f.bytes_in,
                     bytes_out,
                     prompt_tokens: usage.map(|u| u.prompt),
                     completion_tokens: usage.map(|u| u.completion),

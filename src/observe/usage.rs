@@ -7,6 +7,10 @@ use std::cell::RefCell;
 use std::io::Write;
 use std::rc::Rc;
 
+use std::borrow::Cow;
+use std::collections::VecDeque;
+
+use actix_web::web::Bytes;
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -38,8 +42,14 @@ enum Decode {
 }
 
 enum Shape {
-    /// The first and last bytes of a JSON body.
-    Json { head: Vec<u8>, tail: Vec<u8> },
+    /// The first and last bytes of a JSON body, as the chunks that carried them: held, not
+    /// copied (most bodies arrive in one chunk and are searched in place).
+    Json {
+        head: Vec<Bytes>,
+        head_len: usize,
+        tail: VecDeque<Bytes>,
+        tail_len: usize,
+    },
     /// Bytes of the event not yet complete.
     Events { pending: Vec<u8> },
 }
@@ -93,18 +103,22 @@ impl From<UsageFields> for Usage {
 
 /// The JSON value right after the last (or first) `"key":` in `bytes`, if it parses as `T`.
 fn value_after<T: serde::de::DeserializeOwned>(bytes: &[u8], key: &str, last: bool) -> Option<T> {
-    let needle = format!("\"{key}\"");
-    let needle = needle.as_bytes();
+    // `"key"`: a quote, the key, a quote.
+    let needle = key.as_bytes();
+    let found = |i: usize| {
+        bytes[i] == b'"'
+            && bytes[i + 1..].starts_with(needle)
+            && bytes.get(i + 1 + needle.len()) == Some(&b'"')
+    };
     // Compare only where a quote starts: a byte-wise window scan would call memcmp at every
     // position of a 16 KiB tail.
-    let mut starts = (0..=bytes.len().saturating_sub(needle.len()))
-        .filter(|&i| bytes[i] == b'"' && bytes[i..].starts_with(needle));
+    let mut starts = (0..bytes.len().saturating_sub(needle.len() + 1)).filter(|&i| found(i));
     let pos = if last {
         starts.next_back()?
     } else {
         starts.next()?
     };
-    let rest = &bytes[pos + needle.len()..];
+    let rest = &bytes[pos + needle.len() + 2..];
     let colon = rest.iter().position(|b| *b == b':')?;
     let mut values = serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter::<T>();
     values.next()?.ok()
@@ -122,7 +136,9 @@ impl UsageMeter {
         let shape = match essence {
             "application/json" => Shape::Json {
                 head: Vec::new(),
-                tail: Vec::new(),
+                head_len: 0,
+                tail: VecDeque::new(),
+                tail_len: 0,
             },
             "text/event-stream" => Shape::Events {
                 pending: Vec::new(),
@@ -147,8 +163,12 @@ impl UsageMeter {
     }
 
     pub fn feed(&mut self, chunk: &[u8]) {
+        self.feed_bytes(&Bytes::copy_from_slice(chunk));
+    }
+
+    pub fn feed_bytes(&mut self, chunk: &Bytes) {
         let decoded: Vec<u8> = match &mut self.decode {
-            Decode::Identity => return self.take(chunk),
+            Decode::Identity => return self.take(chunk.clone()),
             Decode::Gzip(d) => {
                 if d.write_all(chunk).and_then(|_| d.flush()).is_err() {
                     return;
@@ -162,23 +182,33 @@ impl UsageMeter {
                 std::mem::take(d.get_mut())
             }
         };
-        self.take(&decoded);
+        self.take(Bytes::from(decoded));
     }
 
-    fn take(&mut self, bytes: &[u8]) {
+    fn take(&mut self, bytes: Bytes) {
         match &mut self.shape {
-            Shape::Json { head, tail } => {
-                if head.len() < HEAD_BYTES {
-                    let n = (HEAD_BYTES - head.len()).min(bytes.len());
-                    head.extend_from_slice(&bytes[..n]);
+            Shape::Json {
+                head,
+                head_len,
+                tail,
+                tail_len,
+            } => {
+                if *head_len < HEAD_BYTES && !bytes.is_empty() {
+                    let n = (HEAD_BYTES - *head_len).min(bytes.len());
+                    head.push(bytes.slice(..n));
+                    *head_len += n;
                 }
-                tail.extend_from_slice(bytes);
-                if tail.len() > TAIL_BYTES {
-                    tail.drain(..tail.len() - TAIL_BYTES);
+                *tail_len += bytes.len();
+                tail.push_back(bytes);
+                while tail
+                    .front()
+                    .is_some_and(|f| *tail_len - f.len() >= TAIL_BYTES)
+                {
+                    *tail_len -= tail.pop_front().map_or(0, |f| f.len());
                 }
             }
             Shape::Events { pending } => {
-                pending.extend_from_slice(bytes);
+                pending.extend_from_slice(&bytes);
                 while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
                     let event: Vec<u8> = pending.drain(..end + 2).collect();
                     Self::event(&self.reading, &event);
@@ -220,14 +250,30 @@ impl UsageMeter {
         if let Decode::Gzip(d) = &mut self.decode {
             let _ = d.try_finish();
             let rest = std::mem::take(d.get_mut());
-            self.take(&rest);
+            self.take(Bytes::from(rest));
         }
         let mut r = self.reading.borrow_mut();
-        if let Shape::Json { head, tail } = &self.shape {
-            r.usage = value_after::<UsageFields>(tail, "usage", true).map(Usage::from);
-            r.model = value_after::<String>(head, "model", false);
+        if let Shape::Json { head, tail, .. } = &self.shape {
+            let tail = contiguous(tail.iter());
+            r.usage = value_after::<UsageFields>(&tail, "usage", true).map(Usage::from);
+            r.model = value_after::<String>(&contiguous(head.iter()), "model", false);
         }
         r.complete = true;
+    }
+}
+
+/// The chunks as one slice: borrowed when there is one chunk, joined otherwise.
+fn contiguous<'a>(mut chunks: impl Iterator<Item = &'a Bytes>) -> Cow<'a, [u8]> {
+    let Some(first) = chunks.next() else {
+        return Cow::Borrowed(&[]);
+    };
+    match chunks.next() {
+        None => Cow::Borrowed(first),
+        Some(second) => {
+            let mut all = [first.as_ref(), second.as_ref()].concat();
+            chunks.for_each(|c| all.extend_from_slice(c));
+            Cow::Owned(all)
+        }
     }
 }
 
@@ -258,7 +304,7 @@ where
         match &polled {
             std::task::Poll::Ready(Some(Ok(chunk))) => {
                 if let Some(meter) = self.meter.as_mut() {
-                    meter.feed(chunk);
+                    meter.feed_bytes(chunk);
                 }
             }
             std::task::Poll::Ready(None) => {
@@ -280,7 +326,11 @@ pub fn with_stream_usage(body: &[u8]) -> Option<Vec<u8>> {
     struct Streamed {
         stream: Option<bool>,
     }
-    if serde_json::from_slice::<Streamed>(body).ok()?.stream != Some(true) {
+    let mentions_stream = body
+        .iter()
+        .enumerate()
+        .any(|(i, b)| *b == b'"' && body[i + 1..].starts_with(b"stream\""));
+    if !mentions_stream || serde_json::from_slice::<Streamed>(body).ok()?.stream != Some(true) {
         return None;
     }
     let mut v: Value = serde_json::from_slice(body).ok()?;

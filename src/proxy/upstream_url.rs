@@ -38,6 +38,9 @@ fn is_safe_segment(segment: &str) -> bool {
     if segment.is_empty() || segment.contains('\\') {
         return false;
     }
+    if !segment.contains('%') {
+        return segment != "." && segment != "..";
+    }
     let decoded = percent_decode(segment);
     !(decoded == b"." || decoded == b".." || decoded.contains(&b'/') || decoded.contains(&b'\\'))
 }
