@@ -39,6 +39,7 @@ const PLAIN_NAMES: &[(&str, &str)] = &[
     ("REDIS_URL", "limits.redis_url"),
     ("METRICS_TOKEN", "metrics.token"),
     ("AUDIT_LOG", "audit.path"),
+    ("UPSTREAM_CA_PATH", "upstream.ca_path"),
 ];
 
 const MIN_TOKEN_LEN: usize = 16;
@@ -137,6 +138,8 @@ pub struct UpstreamSettings {
     pub pool_max_lifetime: Duration,
     pub organization: Option<String>,
     pub project: Option<String>,
+    /// CAs trusted for the upstream's certificate besides the built-in Mozilla roots.
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 #[derive(Debug, Clone)]
@@ -290,6 +293,7 @@ struct RawUpstream {
     pool_max_lifetime_secs: u64,
     organization: String,
     project: String,
+    ca_path: String,
 }
 
 #[derive(Deserialize)]
@@ -487,6 +491,7 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
         )?,
         organization: header_value_setting(raw.upstream.organization, "upstream.organization")?,
         project: header_value_setting(raw.upstream.project, "upstream.project")?,
+        extra_roots: load_extra_roots(&raw.upstream.ca_path)?,
     };
     Ok(Settings {
         access_reload_poll: (access.1 > 0).then(|| Duration::from_secs(access.1)),
@@ -630,6 +635,28 @@ fn validate_token(value: Option<String>) -> Result<Secret, ConfigError> {
         ));
     }
     Ok(token)
+}
+
+/// The certificates of a PEM bundle; an empty path means none. A file that cannot be read or
+/// holds no certificate is an error: a CA the operator meant to trust must not be skipped.
+fn load_extra_roots(
+    path: &str,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ConfigError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let path = path.trim();
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    let bad = |why: String| ConfigError::new("UPSTREAM_CA_PATH", format!("`{path}`: {why}"));
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate in it".into()));
+    }
+    Ok(certs)
 }
 
 fn validate_base_url(raw: &str) -> Result<Url, ConfigError> {

@@ -81,8 +81,11 @@ impl UpstreamPlan {
             admin_authorization,
             organization: header(&settings.organization)?,
             project: header(&settings.project)?,
-            tls: Arc::new(upstream_tls_config(&[b"h2", b"http/1.1"])),
-            ws_tls: Arc::new(upstream_tls_config(&[b"http/1.1"])),
+            tls: Arc::new(upstream_tls_config(
+                &[b"h2", b"http/1.1"],
+                &settings.extra_roots,
+            )?),
+            ws_tls: Arc::new(upstream_tls_config(&[b"http/1.1"], &settings.extra_roots)?),
             settings: settings.clone(),
             inject_stream_usage: settings.inject_stream_usage,
             compression,
@@ -90,15 +93,24 @@ impl UpstreamPlan {
     }
 }
 
-fn upstream_tls_config(alpn: &[&[u8]]) -> rustls::ClientConfig {
+fn upstream_tls_config(
+    alpn: &[&[u8]],
+    extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = actix_tls::connect::rustls_0_23::webpki_roots_cert_store();
+    for cert in extra_roots {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("UPSTREAM_CA_PATH: a certificate is not a usable CA: {e}"))?;
+    }
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
-        .with_root_certificates(actix_tls::connect::rustls_0_23::webpki_roots_cert_store())
+        .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    config
+    Ok(config)
 }
 
 /// One per worker: `awc::Client` is `!Send`, and a pool per worker needs no locking.

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone)]
 pub struct Recorded {
+    pub version: actix_web::http::Version,
     pub method: String,
     pub path: String,
     pub query: String,
@@ -81,10 +82,21 @@ pub struct Mock {
     pub addr: SocketAddr,
     pub state: Arc<MockState>,
     handle: ServerHandle,
+    scheme: &'static str,
 }
 
 impl Mock {
     pub fn start() -> Mock {
+        Self::start_with(None)
+    }
+
+    /// The same mock over HTTPS (HTTP/2 and HTTP/1.1 offered by ALPN).
+    pub fn start_tls(config: rustls::ServerConfig) -> Mock {
+        Self::start_with(Some(config))
+    }
+
+    fn start_with(tls: Option<rustls::ServerConfig>) -> Mock {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let state = Arc::new(MockState::default());
         let (tx, rx) = std::sync::mpsc::channel();
         let shared = Arc::clone(&state);
@@ -117,8 +129,11 @@ impl Mock {
                 })
                 .workers(1)
                 .h1_allow_half_closed(false)
-                .disable_signals()
-                .bind("127.0.0.1:0")
+                .disable_signals();
+                let server = match tls {
+                    None => server.bind("127.0.0.1:0"),
+                    Some(config) => server.bind_rustls_0_23("127.0.0.1:0", config),
+                }
                 .unwrap();
                 let addr = server.addrs()[0];
                 let server = server.run();
@@ -131,12 +146,13 @@ impl Mock {
             addr,
             state,
             handle,
+            scheme,
         }
     }
 
     /// The base URL the proxy should forward to.
     pub fn base(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        format!("{}://{}/v1", self.scheme, self.addr)
     }
 }
 
@@ -149,6 +165,7 @@ impl Drop for Mock {
 
 fn record(req: &HttpRequest, state: &MockState) {
     state.requests.lock().unwrap().push(Recorded {
+        version: req.version(),
         method: req.method().to_string(),
         path: req.path().to_owned(),
         query: req.query_string().to_owned(),
