@@ -2,6 +2,7 @@
 //!
 //!   cargo run --release --example mock-upstream            # listens on 127.0.0.1:9090
 //!   MOCK_PORT=9191 MOCK_WORKERS=2 cargo run --release --example mock-upstream
+//!   MOCK_TLS_CERT=certs/localhost.crt MOCK_TLS_KEY=certs/localhost.key ...   # HTTPS, h2 + h1
 //!
 //! Routes (under /v1): POST chat/completions (a fixed ~1 KB completion, or an SSE stream when
 //! the body asks for "stream": true), GET models, GET sse?n=N&gap_ms=D (N events D ms apart),
@@ -151,8 +152,36 @@ async fn main() -> std::io::Result<()> {
     .workers(workers)
     .backlog(4096)
     .max_connections(100_000)
-    .keep_alive(Duration::from_secs(75))
-    .bind(("127.0.0.1", port))?;
-    eprintln!("mock upstream on http://127.0.0.1:{port}/v1 ({workers} workers)");
+    .keep_alive(Duration::from_secs(75));
+    // Over HTTPS the mock speaks HTTP/2 as api.openai.com does (ALPN offers h2 first).
+    let server = match (
+        std::env::var("MOCK_TLS_CERT"),
+        std::env::var("MOCK_TLS_KEY"),
+    ) {
+        (Ok(cert), Ok(key)) => {
+            server.bind_rustls_0_23(("127.0.0.1", port), tls_config(&cert, &key))?
+        }
+        _ => server.bind(("127.0.0.1", port))?,
+    };
+    eprintln!("mock upstream on 127.0.0.1:{port} ({workers} workers)");
     server.run().await
+}
+
+fn tls_config(cert: &str, key: &str) -> rustls::ServerConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .expect("MOCK_TLS_CERT: a PEM certificate chain");
+    let key = PrivateKeyDer::from_pem_file(key).expect("MOCK_TLS_KEY: a PEM private key");
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("MOCK_TLS_CERT and MOCK_TLS_KEY: a matching certificate and key");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config
 }

@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
 STREAMS=${STREAMS:-9000}
+H2_STREAMS=${H2_STREAMS:-10000}
 WS_SESSIONS=${WS_SESSIONS:-1000}
 MOCK_PORT=19090
 PROXY_PORT=19080
@@ -225,6 +226,32 @@ for t in proxy nginx; do
   sleep 2
 done
 
+# (d2) the same over the production topology: the upstream over HTTPS, negotiated to HTTP/2
+# as api.openai.com does, so all streams share one upstream connection. This is how 10,000
+# streams fit under RLIMIT_NOFILE 20,000 (over HTTP/1.1 each stream holds two descriptors).
+# Proxy only: nginx cannot speak HTTP/2 to an upstream.
+TLS_MOCK_PORT=19091
+H2_PORT=19084
+scripts/generate-local-cert.sh --out "$work/certs" --force >/dev/null
+MOCK_TLS_CERT="$work/certs/localhost.crt" MOCK_TLS_KEY="$work/certs/localhost.key" \
+  MOCK_PORT=$TLS_MOCK_PORT MOCK_WORKERS=1 taskset -c 1 "$MOCK" 2>/dev/null &
+pids+=($!)
+SERVICE_TOKEN=$TOKEN OPENAI_API_KEY=$KEY OPENAI_BASE_URL="https://127.0.0.1:$TLS_MOCK_PORT/v1" \
+  UPSTREAM_CA_PATH="$work/certs/localhost.crt" BIND_ADDR=127.0.0.1 BIND_PORT=$H2_PORT \
+  RUST_LOG=warn PROXY__SERVER__WORKERS=1 taskset -c 0 "$BIN" 2>"$work/proxy-h2.log" &
+H2_PID=$!
+pids+=("$H2_PID")
+wait_healthy "http://127.0.0.1:$H2_PORT/healthz"
+curl -fsS -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$H2_PORT/v1/models"
+before=$(rss_kib "$H2_PID")
+taskset -c 1 "$CLIENT" hold "127.0.0.1:$H2_PORT" "/v1/sse?n=2&gap_ms=60000" "$TOKEN" "$H2_STREAMS" 3 > "$work/hold.out" 2>>"$work/client-errors.log" &
+peak=$(peak_rss_while "$H2_PID" $! "$before")
+add d2_ready proxy "$(awk '{print $2}' "$work/hold.out")"
+add d2_errors proxy "$(awk '{print $4}' "$work/hold.out")"
+add d2_mib_per_1000 proxy "$(python3 -c "print(round(($peak-$before)/1024/($H2_STREAMS/1000),2))")"
+kill "$H2_PID" 2>/dev/null || true
+sleep 2
+
 # (e) 1 GiB up and down: MiB/s and the server's peak RSS growth.
 truncate -s "$ONE_GIB" "$work/1g.bin"
 for t in direct proxy nginx; do
@@ -281,6 +308,7 @@ rows = [
   ("(c) SSE gap p50 us (sent every 50 ms)", "c_gap_p50_us"), ("(c) SSE gap p99 us", "c_gap_p99_us"),
   ("(c) SSE whole stream p50 ms", "c_total_p50_ms"), ("(c) reads holding >1 event", "c_coalesced_reads"), ("(c) stream errors", "c_errors"),
   ("(d) streams held", "d_ready"), ("(d) stream errors", "d_errors"), ("(d) MiB per 1000 idle streams", "d_mib_per_1000"),
+  ("(d2) streams held, upstream HTTPS+HTTP/2", "d2_ready"), ("(d2) stream errors", "d2_errors"), ("(d2) MiB per 1000 idle streams, h2", "d2_mib_per_1000"),
   ("(g) WebSocket sessions held", "g_ready"), ("(g) WebSocket session errors", "g_errors"), ("(g) KiB per idle WebSocket session", "g_kib_per_session"),
   ("(e) 1 GiB upload MiB/s", "e_up_mibs"), ("(e) upload RSS growth KiB", "e_up_rss_growth_kib"),
   ("(e) 1 GiB download MiB/s", "e_down_mibs"), ("(e) download RSS growth KiB", "e_down_rss_growth_kib"),
@@ -300,5 +328,5 @@ print(f"{'(h) audit lines written':40} {'':>22} {cell('h_audit_lines','observed'
 print()
 print(f"{'(f) idle RSS MiB':40} {'':>22} {idle/1024:>22.1f} {nginx_idle/1024:>22.1f}")
 print(f"{'(f) start to healthy ms (median of 5)':40} {'':>22} {statistics.median(startups)/1000:>22.1f}")
-print(f"\\nrounds=$ROUNDS duration=${DURATION}s streams=$STREAMS cores=$(nproc) $(date -u +%Y-%m-%dT%H:%MZ)")
+print(f"\\nrounds=$ROUNDS duration=${DURATION}s streams=$STREAMS h2_streams=$H2_STREAMS cores=$(nproc) $(date -u +%Y-%m-%dT%H:%MZ)")
 PY
