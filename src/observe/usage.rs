@@ -101,24 +101,20 @@ impl From<UsageFields> for Usage {
     }
 }
 
-/// The JSON value right after the last (or first) `"key":` in `bytes`, if it parses as `T`.
-fn value_after<T: serde::de::DeserializeOwned>(bytes: &[u8], key: &str, last: bool) -> Option<T> {
-    // `"key"`: a quote, the key, a quote.
-    let needle = key.as_bytes();
-    let found = |i: usize| {
-        bytes[i] == b'"'
-            && bytes[i + 1..].starts_with(needle)
-            && bytes.get(i + 1 + needle.len()) == Some(&b'"')
-    };
-    // Compare only where a quote starts: a byte-wise window scan would call memcmp at every
-    // position of a 16 KiB tail.
-    let mut starts = (0..bytes.len().saturating_sub(needle.len() + 1)).filter(|&i| found(i));
+/// The JSON value after the last (or first) `needle` (a quoted key) and its colon in `bytes`,
+/// if it parses as `T`.
+fn value_after<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    needle: &[u8],
+    last: bool,
+) -> Option<T> {
+    // SIMD substring search: a byte-by-byte scan of a 16 KiB tail cost more than the parse.
     let pos = if last {
-        starts.next_back()?
+        memchr::memmem::rfind(bytes, needle)?
     } else {
-        starts.next()?
+        memchr::memmem::find(bytes, needle)?
     };
-    let rest = &bytes[pos + needle.len() + 2..];
+    let rest = &bytes[pos + needle.len()..];
     let colon = rest.iter().position(|b| *b == b':')?;
     let mut values = serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter::<T>();
     values.next()?.ok()
@@ -255,8 +251,8 @@ impl UsageMeter {
         let mut r = self.reading.borrow_mut();
         if let Shape::Json { head, tail, .. } = &self.shape {
             let tail = contiguous(tail.iter());
-            r.usage = value_after::<UsageFields>(&tail, "usage", true).map(Usage::from);
-            r.model = value_after::<String>(&contiguous(head.iter()), "model", false);
+            r.usage = value_after::<UsageFields>(&tail, b"\"usage\"", true).map(Usage::from);
+            r.model = value_after::<String>(&contiguous(head.iter()), b"\"model\"", false);
         }
         r.complete = true;
     }
@@ -326,10 +322,7 @@ pub fn with_stream_usage(body: &[u8]) -> Option<Vec<u8>> {
     struct Streamed {
         stream: Option<bool>,
     }
-    let mentions_stream = body
-        .iter()
-        .enumerate()
-        .any(|(i, b)| *b == b'"' && body[i + 1..].starts_with(b"stream\""));
+    let mentions_stream = memchr::memmem::find(body, b"\"stream\"").is_some();
     if !mentions_stream || serde_json::from_slice::<Streamed>(body).ok()?.stream != Some(true) {
         return None;
     }
