@@ -159,6 +159,7 @@ pub fn run(settings: Settings, dir: std::path::PathBuf) -> Result<(), String> {
                 )
                 .default_service(web::to(not_found))
         })
+        .on_connect(crate::proxy::nodelay::on_accept)
         .workers(s.workers)
         .max_connections(s.max_connections_per_worker)
         .keep_alive(s.keep_alive)

@@ -3,5 +3,6 @@
 pub mod encoding;
 pub mod forward;
 pub mod headers;
+pub mod nodelay;
 pub mod strict_eof;
 pub mod upstream_url;

@@ -127,8 +127,29 @@ impl Service<ConnectInfo<Uri>> for StrictEofConnector {
         let connecting = self.tcp.call(req);
         Box::pin(async move {
             let (tcp, conn) = connecting.await?.replace_io(());
+            // See `nodelay`: events must leave as soon as they arrive, in both directions.
+            let _ = tcp.set_nodelay(true);
             let (_, conn) = conn.replace_io(StrictEofStream { inner: tcp, strict });
             Ok(conn)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_rt::test]
+    async fn upstream_connections_get_nodelay() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let uri: Uri = format!("http://{}/v1", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let conn = StrictEofConnector::default()
+            .call(ConnectInfo::new(uri))
+            .await
+            .unwrap();
+        assert!(conn.io_ref().inner.nodelay().unwrap());
+        assert!(conn.io_ref().strict);
     }
 }
