@@ -30,11 +30,14 @@ pub fn body_shape(headers: &HeaderMap) -> BodyShape {
         return BodyShape::Other;
     };
     let mut parts = ct.split(';');
-    let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-    if essence == "application/json" || essence.ends_with("+json") {
+    let essence = parts.next().unwrap_or("").trim();
+    let suffix = essence.len().checked_sub(5).and_then(|i| essence.get(i..));
+    if essence.eq_ignore_ascii_case("application/json")
+        || suffix.is_some_and(|s| s.eq_ignore_ascii_case("+json"))
+    {
         return BodyShape::Json;
     }
-    if essence == "multipart/form-data" {
+    if essence.eq_ignore_ascii_case("multipart/form-data") {
         let boundary = parts.find_map(|p| {
             let (k, v) = p.split_once('=')?;
             k.trim()
@@ -377,5 +380,20 @@ mod tests {
             "application/json; charset=utf-8".parse().unwrap(),
         );
         assert!(matches!(body_shape(&h), BodyShape::Json));
+        for (ct, json) in [
+            ("Application/JSON", true),
+            ("application/merge-patch+JSON", true),
+            ("application/jsonl", false),
+            ("json", false),
+            ("text/plain", false),
+        ] {
+            h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            assert_eq!(matches!(body_shape(&h), BodyShape::Json), json, "{ct}");
+        }
+        h.insert(
+            header::CONTENT_TYPE,
+            "Multipart/Form-Data; Boundary=xyz".parse().unwrap(),
+        );
+        assert!(matches!(body_shape(&h), BodyShape::Multipart(b) if b == "xyz"));
     }
 }

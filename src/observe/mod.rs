@@ -60,15 +60,19 @@ impl Observers {
     /// `oap_` + the prefix + the counter in 10 hex digits, written without the formatter.
     fn next_id(&self) -> HeaderValue {
         let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
-        let mut id = Vec::with_capacity(4 + self.id_prefix.len() + 16);
-        id.extend_from_slice(b"oap_");
-        id.extend_from_slice(self.id_prefix.as_bytes());
+        // 4 + 12 + at most 16 bytes; the prefix is 6 random bytes in hex.
+        let mut id = [0u8; 40];
+        let mut len = 0;
+        for part in [b"oap_".as_slice(), self.id_prefix.as_bytes()] {
+            id[len..len + part.len()].copy_from_slice(part);
+            len += part.len();
+        }
         let digits = (64 - n.leading_zeros()).div_ceil(4).max(10);
         for i in (0..digits).rev() {
-            id.push(b"0123456789abcdef"[((n >> (i * 4)) & 0xf) as usize]);
+            id[len] = b"0123456789abcdef"[((n >> (i * 4)) & 0xf) as usize];
+            len += 1;
         }
-        HeaderValue::from_maybe_shared(actix_web::web::Bytes::from(id))
-            .expect("ascii hex is a valid header value")
+        HeaderValue::from_bytes(&id[..len]).expect("ascii hex is a valid header value")
     }
 }
 
@@ -205,5 +209,25 @@ where
                 });
             })
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_prefixed_hex_and_distinct() {
+        let obs = Observers::new(Arc::new(Metrics::default()), None);
+        let first = obs.next_id();
+        let first = first.to_str().unwrap();
+        assert_eq!(first.len(), 4 + 12 + 10, "{first}");
+        assert!(first.starts_with("oap_"));
+        assert!(first[4..].bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(first.ends_with("0000000000"));
+        assert!(obs.next_id().to_str().unwrap().ends_with("0000000001"));
+        obs.id_counter.store(u64::MAX, Ordering::Relaxed);
+        let last = obs.next_id();
+        assert!(last.to_str().unwrap().ends_with("ffffffffffffffff"));
     }
 }

@@ -457,11 +457,14 @@ fn token_charge(
     limiter: &web::Data<Limiter>,
     reading: Option<SharedReading>,
 ) -> Option<TokenCharge> {
+    // The cheap checks first: most requests have no token limit, and need no name copied.
+    let tpm = limits?.tokens_per_minute?;
+    let reading = reading?;
     Some(TokenCharge {
         limiter: Arc::clone(limiter),
         client: caller?.client.name.clone(),
-        tpm: limits?.tokens_per_minute?,
-        reading: reading?,
+        tpm,
+        reading,
     })
 }
 
