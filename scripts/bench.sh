@@ -3,7 +3,7 @@
 # table. Like with like: the proxy (1 worker) and nginx (worker_processes 1, proxy_buffering
 # off, upstream keepalive) pinned to core 0; the load generator and the mock upstream pinned
 # to core 1. Each scenario runs direct, proxy and nginx interleaved, ROUNDS times; the table
-# shows min/median/max. Access logs are off on both servers. Bounded: about 6 minutes.
+# shows min/median/max. Access logs are off on both servers. Bounded: about 9 minutes.
 #
 #   scripts/bench.sh                 # ROUNDS=3 by default
 #   ROUNDS=5 DURATION=10 scripts/bench.sh
