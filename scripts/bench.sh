@@ -214,8 +214,9 @@ add g_errors proxy "$(awk '{print $4}' "$work/ws.out")"
 add g_kib_per_session proxy "$(python3 -c "print(round(($peak-$before)/$WS_SESSIONS,1))")"
 sleep 2
 
-# (d) many concurrent idle streams (one event, then quiet): peak RSS of the server.
-for t in proxy nginx; do
+# (d) many concurrent idle streams (one event, then quiet): peak RSS of the server; the bare
+# forwarder shows what actix-web + awc hold per stream before any feature.
+for t in proxy nginx bare; do
   pid=$(server_pid "$t")
   before=$(rss_kib "$pid")
   taskset -c 1 "$CLIENT" hold "127.0.0.1:${URL[$t]##*:}" "/v1/sse?n=2&gap_ms=60000" "$TOKEN" "$STREAMS" 3 > "$work/hold.out" 2>>"$work/client-errors.log" &
@@ -330,6 +331,7 @@ for name, key in [("(b) added p50 us @2000 rps", "b_p50"), ("(b) added p99 us @c
     d, p, n = med(key, "direct"), med(key, "proxy"), med(key, "nginx")
     print(f"{name:40} {'':>22} {p-d:>22g} {n-d:>22g}")
 print(f"{'(a) design floor: actix-web + awc, no features':40} {'':>22} {cell('a_rps','bare'):>22} req/s  {cell('a_cpu','bare')} us/request  proxy/floor req/s {ratio('a_rps','proxy','bare')}")
+print(f"{'(d) design floor: MiB per 1000 streams':40} {'':>22} {cell('d_mib_per_1000','bare'):>22} ({cell('d_ready','bare')} held, {cell('d_errors','bare')} errors)")
 print()
 print(f"{'features on vs off (same build)':40} {'proxy':>22} {'+audit+limits+usage':>22} {'ratio':>12}")
 for name, key in [("(h) req/s, POST c=64", "h_rps"), ("(h) p99 us @2000 rps", "h_p99")]:
