@@ -43,6 +43,9 @@ fn main() -> std::io::Result<()> {
                 .app_data(web::Data::new(Upstream {
                     client: awc::Client::builder()
                         .connector(awc::Connector::new().limit(0))
+                        // As the proxy's first-byte timeout: awc's default of 5 s failed
+                        // streams still queued behind thousands of others in (d).
+                        .timeout(std::time::Duration::from_secs(600))
                         .disable_redirects()
                         .finish(),
                     base: base.clone(),
