@@ -48,9 +48,7 @@ async fn events_stream_one_by_one_and_uploads_arrive_whole_over_http2() {
     let (mock, ca) = tls_mock();
     let proxy = Proxy::start(&mock.base(), &[("UPSTREAM_CA_PATH", ca.as_str())]);
 
-    let mut res = client()
-        .get(proxy.url("/v1/sse?n=5&gap_ms=150"))
-        .insert_header(("authorization", bearer()))
+    let mut res = authorized_get(&proxy, "/v1/sse?n=5&gap_ms=150")
         .no_decompress()
         .send()
         .await
@@ -99,12 +97,7 @@ async fn events_stream_one_by_one_and_uploads_arrive_whole_over_http2() {
 async fn an_upstream_certificate_from_an_untrusted_ca_is_a_502_not_a_silent_accept() {
     let (mock, _ca) = tls_mock();
     let proxy = Proxy::start(&mock.base(), &[]);
-    let mut res = client()
-        .get(proxy.url("/v1/models"))
-        .insert_header(("authorization", bearer()))
-        .send()
-        .await
-        .unwrap();
+    let mut res = authorized_get(&proxy, "/v1/models").send().await.unwrap();
     assert_eq!(res.status(), 502);
     assert_openai_error(&res.body().await.unwrap(), "upstream_unreachable");
     assert!(mock.state.requests.lock().unwrap().is_empty());

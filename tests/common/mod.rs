@@ -200,6 +200,13 @@ pub fn bearer() -> String {
     format!("Bearer {TOKEN}")
 }
 
+/// A GET to the proxy with the test client's token.
+pub fn authorized_get(proxy: &Proxy, path: &str) -> awc::ClientRequest {
+    client()
+        .get(proxy.url(path))
+        .insert_header(("authorization", bearer()))
+}
+
 pub fn sha256_hex(token: &str) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(token.as_bytes())

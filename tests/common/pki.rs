@@ -65,6 +65,14 @@ impl Pki {
     }
 }
 
+/// The certificates of a PEM file.
+fn chain(path: &Path) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -84,13 +92,7 @@ pub fn client_config(
     let mut config = match client_cert {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => builder
-            .with_client_auth_cert(
-                CertificateDer::pem_file_iter(cert)
-                    .unwrap()
-                    .collect::<Result<_, _>>()
-                    .unwrap(),
-                PrivateKeyDer::from_pem_file(key).unwrap(),
-            )
+            .with_client_auth_cert(chain(cert), PrivateKeyDer::from_pem_file(key).unwrap())
             .unwrap(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -144,13 +146,7 @@ pub fn server_config(cert: &Path, key: &Path) -> rustls::ServerConfig {
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(
-            CertificateDer::pem_file_iter(cert)
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap(),
-            PrivateKeyDer::from_pem_file(key).unwrap(),
-        )
+        .with_single_cert(chain(cert), PrivateKeyDer::from_pem_file(key).unwrap())
         .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config
