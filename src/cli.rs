@@ -94,7 +94,7 @@ pub fn summary(settings: &Settings) -> String {
     );
     let u = &settings.upstream;
     out += &format!(
-        "upstream: {} (connect timeout {} s, first-byte timeout {} s, admin key {}, organization {}, project {})\n",
+        "upstream: {} (connect timeout {} s, first-byte timeout {} s, admin key {}, organization {}, project {}, extra CAs {})\n",
         u.base_url,
         u.connect_timeout.as_secs(),
         u.first_byte_timeout.as_secs(),
@@ -105,6 +105,7 @@ pub fn summary(settings: &Settings) -> String {
         },
         u.organization.as_deref().unwrap_or("-"),
         u.project.as_deref().unwrap_or("-"),
+        u.extra_roots.len(),
     );
     match &settings.tls {
         None => out += "tls: off\n",

@@ -107,7 +107,7 @@ async fn an_upstream_certificate_from_an_untrusted_ca_is_a_502_not_a_silent_acce
 }
 
 #[test]
-fn a_ca_bundle_that_cannot_be_used_stops_startup_naming_the_setting() {
+fn an_unusable_ca_bundle_stops_startup_naming_the_setting_and_a_usable_one_is_reported() {
     let dir = fresh_dir();
     let empty = dir.join("empty.pem");
     std::fs::write(&empty, "no certificate here\n").unwrap();
@@ -122,4 +122,17 @@ fn a_ca_bundle_that_cannot_be_used_stops_startup_naming_the_setting() {
         assert!(stderr.contains("UPSTREAM_CA_PATH"), "{stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     }
+    // A usable bundle is reported by check-config.
+    let (_mock, ca) = tls_mock();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_openai-auth-proxy"))
+        .arg("check-config")
+        .env_clear()
+        .env("SERVICE_TOKEN", TOKEN)
+        .env("OPENAI_API_KEY", KEY)
+        .env("UPSTREAM_CA_PATH", &ca)
+        .current_dir(fresh_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("extra CAs 1"));
 }
