@@ -216,6 +216,9 @@ pub fn run(settings: Settings, dir: std::path::PathBuf) -> Result<(), String> {
         if let Some(handle) = metrics_handle {
             handle.stop(true).await;
         }
+        if let Some(audit) = &audit {
+            audit.finish();
+        }
         log::info!("shut down cleanly");
         Ok(())
     })

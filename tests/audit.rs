@@ -304,3 +304,33 @@ async fn hiding_the_usage_chunk_delays_no_event() {
         );
     }
 }
+
+#[test]
+fn lines_of_the_last_requests_are_written_before_the_process_exits() {
+    let mock = Mock::start();
+    let dir = fresh_dir();
+    let log = dir.join("audit.log");
+    let mut proxy = Proxy::start_in(dir.clone(), &mock.base(), &[("AUDIT_LOG", "audit.log")]);
+    // The writer batches lines after a short rest: a burst, then SIGTERM at once, must still
+    // leave every line in the file when the process has exited.
+    for i in 0..20 {
+        let res = raw_http(
+            proxy.addr,
+            &format!(
+                "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nX-Request-Id: last-{i}\r\nConnection: close\r\n\r\n",
+                bearer()
+            ),
+        );
+        assert_eq!(status_of(&res), 200);
+    }
+    proxy.signal("TERM");
+    let status = proxy.wait_exit(Duration::from_secs(10)).expect("exited");
+    assert!(status.success(), "{status:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    for i in 0..20 {
+        assert!(
+            text.contains(&format!("\"request_id\":\"last-{i}\"")),
+            "line {i} missing: {text}"
+        );
+    }
+}

@@ -6,9 +6,11 @@
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -39,10 +41,23 @@ pub struct AuditRecord {
     pub error_code: Option<String>,
 }
 
+/// After writing a burst the writer rests this long before it waits again, so that under load
+/// lines are written in batches and a request does not wake the writer thread (a futex call
+/// and two context switches, on the worker's own core when pinned). A line reaches the file
+/// at most this much later; at shutdown `finish` writes what is queued.
+const LINGER: Duration = Duration::from_millis(5);
+const FINISH_WITHIN: Duration = Duration::from_secs(5);
+
+enum Message {
+    Line(Box<AuditRecord>),
+    Finish,
+}
+
 pub struct AuditLog {
-    queue: SyncSender<AuditRecord>,
+    queue: SyncSender<Message>,
     reopen: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
+    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 enum Sink {
@@ -64,7 +79,7 @@ impl AuditLog {
         let (queue, rx) = sync_channel(capacity);
         let reopen = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&reopen);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("audit-log".into())
             .spawn(move || write_loop(rx, sink, writer, flag))
             .map_err(|e| format!("cannot start the audit log writer: {e}"))?;
@@ -72,12 +87,44 @@ impl AuditLog {
             queue,
             reopen,
             metrics,
+            writer: Mutex::new(Some(writer)),
         })
+    }
+
+    /// Writes every queued line and stops the writer; for the end of a shutdown, after the
+    /// last response has finished. Gives up after `FINISH_WITHIN` (a sink that stopped
+    /// reading, such as a stuck stdout pipe, must not hold the exit).
+    pub fn finish(&self) {
+        let Some(writer) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let deadline = Instant::now() + FINISH_WITHIN;
+        let mut message = Message::Finish;
+        loop {
+            match self.queue.try_send(message) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    message = m;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return,
+            }
+        }
+        while !writer.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if writer.is_finished() {
+            let _ = writer.join();
+        } else {
+            log::warn!(
+                "audit log writer still busy after {FINISH_WITHIN:?}: queued lines may be lost"
+            );
+        }
     }
 
     /// Never blocks: a full queue drops the line (counted, warned about).
     pub fn record(&self, record: AuditRecord) {
-        match self.queue.try_send(record) {
+        match self.queue.try_send(Message::Line(Box::new(record))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 let n = self.metrics.audit_dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -103,7 +150,7 @@ fn open(sink: &Sink) -> std::io::Result<Box<dyn Write + Send>> {
 }
 
 fn write_loop(
-    rx: Receiver<AuditRecord>,
+    rx: Receiver<Message>,
     sink: Sink,
     writer: Box<dyn Write + Send>,
     reopen: Arc<AtomicBool>,
@@ -118,15 +165,25 @@ fn write_loop(
             }
         }
         let mut next = Some(first);
+        let mut finished = false;
         // Write what has queued up, then flush once: a line per request, a syscall per burst.
-        while let Some(record) = next {
-            if let Ok(line) = serde_json::to_string(&record) {
-                let _ = writeln!(out, "{line}");
+        while let Some(message) = next {
+            match message {
+                Message::Line(record) => {
+                    if let Ok(line) = serde_json::to_string(&record) {
+                        let _ = writeln!(out, "{line}");
+                    }
+                }
+                Message::Finish => finished = true,
             }
             next = rx.try_recv().ok();
         }
         if let Err(e) = out.flush() {
             log::error!("audit log write failed: {e}");
         }
+        if finished {
+            return;
+        }
+        std::thread::sleep(LINGER);
     }
 }
