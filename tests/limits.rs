@@ -96,23 +96,7 @@ fn concurrency_counts_a_stream_until_it_ends() {
 fn official_python_sdk_raises_rate_limit_error() {
     let mock = Mock::start();
     let proxy = start(&mock, "requests_per_minute = 1");
-    let python = std::env::var("OPENAI_SDK_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let out = std::process::Command::new(&python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/sdk/rate_limit.py"
-        ))
-        .env("OPENAI_BASE_URL", proxy.url("/v1"))
-        .env("OPENAI_API_KEY", LIMITED)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("rate limit checks passed"), "{stdout}");
+    run_sdk_script("rate_limit.py", &proxy, LIMITED, "rate limit checks passed");
 }
 
 #[actix_web::test]

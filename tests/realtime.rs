@@ -202,23 +202,7 @@ async fn unreachable_upstream_is_a_clean_http_error() {
 fn official_python_sdk_realtime_client_connects_through_the_proxy() {
     let mock = Mock::start();
     let proxy = Proxy::start(&mock.base(), &[]);
-    let python = std::env::var("OPENAI_SDK_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let out = std::process::Command::new(&python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/sdk/realtime.py"
-        ))
-        .env("OPENAI_BASE_URL", proxy.url("/v1"))
-        .env("OPENAI_API_KEY", TOKEN)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("realtime checks passed"), "{stdout}");
+    run_sdk_script("realtime.py", &proxy, TOKEN, "realtime checks passed");
     let seen = mock.state.last_request();
     assert_eq!(
         seen.header("authorization"),

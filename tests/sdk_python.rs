@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::mock::Mock;
 use common::*;
 
@@ -15,21 +13,7 @@ use common::*;
 fn official_python_sdk_works_through_the_proxy() {
     let mock = Mock::start();
     let proxy = Proxy::start(&mock.base(), &[]);
-    let python = std::env::var("OPENAI_SDK_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/chat_stream.py");
-    let out = Command::new(&python)
-        .arg(script)
-        .env("OPENAI_BASE_URL", proxy.url("/v1"))
-        .env("OPENAI_API_KEY", TOKEN)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK script failed ({python}; run scripts/test.sh, which installs tests/sdk/requirements.txt):\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("sdk checks passed"), "{stdout}");
+    run_sdk_script("chat_stream.py", &proxy, TOKEN, "sdk checks passed");
     let chat = mock.state.last_request();
     assert_eq!(chat.path, "/v1/chat/completions");
     assert_eq!(

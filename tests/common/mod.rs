@@ -196,6 +196,28 @@ pub fn client() -> awc::Client {
         .finish()
 }
 
+/// Runs a script of `tests/sdk/` with the official OpenAI SDK pointed at the proxy, asserts it
+/// exited 0 and printed `passed` (its own checks), and returns its stdout. The interpreter is
+/// `$OPENAI_SDK_PYTHON` (scripts/test.sh: a virtualenv with tests/sdk/requirements.txt).
+pub fn run_sdk_script(script: &str, proxy: &Proxy, api_key: &str, passed: &str) -> String {
+    let python = std::env::var("OPENAI_SDK_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let path = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(&python)
+        .arg(&path)
+        .env("OPENAI_BASE_URL", proxy.url("/v1"))
+        .env("OPENAI_API_KEY", api_key)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} failed ({python}; run scripts/test.sh, which installs tests/sdk/requirements.txt):\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(passed), "{stdout}");
+    stdout
+}
+
 pub fn bearer() -> String {
     format!("Bearer {TOKEN}")
 }
