@@ -148,10 +148,7 @@ fn upstream_sees_the_key_never_the_token_nor_hop_by_hop_headers() {
     assert_eq!(seen.method, "POST");
     assert_eq!(seen.path, "/v1/echo/sub/path");
     assert_eq!(seen.query, query, "query must pass byte-for-byte");
-    assert_eq!(
-        seen.header("authorization"),
-        Some(format!("Bearer {KEY}").as_str())
-    );
+    assert_key_sent_not_token(&seen);
     assert_eq!(seen.header("host"), Some(mock.addr.to_string().as_str()));
     assert_eq!(seen.header("openai-organization"), Some("org-pinned"));
     assert_eq!(seen.header("openai-beta"), Some("assistants=v2"));
@@ -170,12 +167,6 @@ fn upstream_sees_the_key_never_the_token_nor_hop_by_hop_headers() {
         "proxy-authorization",
     ] {
         assert!(seen.header(gone).is_none(), "{gone} reached the upstream");
-    }
-    for (name, value) in &seen.headers {
-        assert!(
-            !value.contains(TOKEN),
-            "client token leaked upstream in {name}"
-        );
     }
 
     // Response side: OpenAI's headers pass, hop-by-hop ones do not.

@@ -218,6 +218,20 @@ pub fn run_sdk_script(script: &str, proxy: &Proxy, api_key: &str, passed: &str) 
     stdout
 }
 
+/// What reached the upstream carried the proxy's key, and no header held the client's token.
+pub fn assert_key_sent_not_token(seen: &mock::Recorded) {
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+    for (name, value) in &seen.headers {
+        assert!(
+            !value.contains(TOKEN),
+            "client token reached the upstream in {name}"
+        );
+    }
+}
+
 pub fn bearer() -> String {
     format!("Bearer {TOKEN}")
 }
