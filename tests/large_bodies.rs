@@ -63,9 +63,7 @@ fn expected_sha256() -> String {
 /// Warms the proxy up (workers, pools, allocator) so the baseline is its steady state.
 async fn warm_up(proxy: &Proxy) -> u64 {
     for _ in 0..4 {
-        let mut res = client()
-            .get(proxy.url("/v1/download?bytes=1048576"))
-            .insert_header(("authorization", bearer()))
+        let mut res = authorized_get(proxy, "/v1/download?bytes=1048576")
             .send()
             .await
             .unwrap();
@@ -111,9 +109,7 @@ async fn hundred_megabytes_each_way_with_flat_memory() {
 
     // Download, hashed as it arrives.
     let watch = RssWatch::start(proxy.pid());
-    let mut res = client()
-        .get(proxy.url(&format!("/v1/download?bytes={SIZE}")))
-        .insert_header(("authorization", bearer()))
+    let mut res = authorized_get(&proxy, &format!("/v1/download?bytes={SIZE}"))
         .send()
         .await
         .unwrap();

@@ -17,9 +17,7 @@ async fn sse_arrivals(
     proxy: &Proxy,
     accept_encoding: Option<&str>,
 ) -> (Option<String>, Vec<Instant>, Vec<usize>) {
-    let mut req = client()
-        .get(proxy.url("/v1/sse?n=10&gap_ms=100"))
-        .insert_header(("authorization", bearer()));
+    let mut req = authorized_get(proxy, "/v1/sse?n=10&gap_ms=100");
     match accept_encoding {
         Some(enc) => req = req.insert_header(("accept-encoding", enc)),
         // awc would otherwise announce the codings it can decode.
@@ -93,9 +91,7 @@ async fn small_and_large_json_bodies_follow_the_compression_threshold() {
     let mock = Mock::start();
     let proxy = Proxy::start(&mock.base(), &[]);
     for bytes in [200, 64 * 1024] {
-        let mut res = client()
-            .get(proxy.url(&format!("/v1/download?bytes={bytes}")))
-            .insert_header(("authorization", bearer()))
+        let mut res = authorized_get(&proxy, &format!("/v1/download?bytes={bytes}"))
             .insert_header(("accept-encoding", "gzip"))
             .send()
             .await
@@ -194,9 +190,7 @@ async fn media_is_not_recompressed_by_the_proxy() {
 async fn abandoned_stream_closes_the_upstream_connection() {
     let mock = Mock::start();
     let proxy = Proxy::start(&mock.base(), &[]);
-    let mut res = client()
-        .get(proxy.url("/v1/endless-stream"))
-        .insert_header(("authorization", bearer()))
+    let mut res = authorized_get(&proxy, "/v1/endless-stream")
         .send()
         .await
         .unwrap();

@@ -45,12 +45,7 @@ async fn refused_connection_is_a_502() {
     let base = format!("http://127.0.0.1:{}/v1", closed_port());
     let proxy = Proxy::start(&base, &[]);
     for _ in 0..3 {
-        let mut res = client()
-            .get(proxy.url("/v1/models"))
-            .insert_header(("authorization", bearer()))
-            .send()
-            .await
-            .unwrap();
+        let mut res = authorized_get(&proxy, "/v1/models").send().await.unwrap();
         assert_eq!(res.status(), 502);
         let body = res.body().await.unwrap();
         assert_openai_error(&body, "upstream_unreachable");
