@@ -158,11 +158,7 @@ impl UsageMeter {
         })
     }
 
-    pub fn feed(&mut self, chunk: &[u8]) {
-        self.feed_bytes(&Bytes::copy_from_slice(chunk));
-    }
-
-    pub fn feed_bytes(&mut self, chunk: &Bytes) {
+    pub fn feed(&mut self, chunk: &Bytes) {
         let decoded: Vec<u8> = match &mut self.decode {
             Decode::Identity => return self.take(chunk.clone()),
             Decode::Gzip(d) => {
@@ -300,7 +296,7 @@ where
         match &polled {
             std::task::Poll::Ready(Some(Ok(chunk))) => {
                 if let Some(meter) = self.meter.as_mut() {
-                    meter.feed_bytes(chunk);
+                    meter.feed(chunk);
                 }
             }
             std::task::Poll::Ready(None) => {
@@ -461,7 +457,7 @@ mod tests {
         for size in [1, 3, 17, 1000] {
             let (mut m, r) = meter("application/json", None);
             for chunk in COMPLETION.as_bytes().chunks(size) {
-                m.feed(chunk);
+                m.feed(&Bytes::copy_from_slice(chunk));
             }
             m.finish();
             let r = r.borrow();
@@ -485,7 +481,7 @@ mod tests {
         let gz = enc.finish().unwrap();
         let (mut m, r) = meter("application/json; charset=utf-8", Some("gzip"));
         for chunk in gz.chunks(10) {
-            m.feed(chunk);
+            m.feed(&Bytes::copy_from_slice(chunk));
         }
         m.finish();
         assert_eq!(r.borrow().usage.map(|u| u.total), Some(12));
@@ -515,7 +511,7 @@ mod tests {
         let events = "data: {\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n\
                       data: {\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}\n\ndata: [DONE]\n\n";
         for chunk in events.as_bytes().chunks(7) {
-            m.feed(chunk);
+            m.feed(&Bytes::copy_from_slice(chunk));
         }
         m.finish();
         assert_eq!(
@@ -527,7 +523,7 @@ mod tests {
             })
         );
         let (mut m, r) = meter("text/event-stream", None);
-        m.feed(b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"model\":\"o3\",\"usage\":{\"input_tokens\":10,\"output_tokens\":2,\"total_tokens\":12}}}\n\n");
+        m.feed(&Bytes::from_static(b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"model\":\"o3\",\"usage\":{\"input_tokens\":10,\"output_tokens\":2,\"total_tokens\":12}}}\n\n"));
         assert_eq!(
             r.borrow().usage.map(|u| (u.prompt, u.completion)),
             Some((10, 2))
